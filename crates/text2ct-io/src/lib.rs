@@ -1,0 +1,12 @@
+//! Volume I/O for text2ct: the [`Volume`] type and its geometry, NIfTI-1 and DICOM series
+//! readers, NIfTI writing, reorientation, resampling, crop/pad, intensity windowing and PNG
+//! previews.
+
+pub mod error;
+pub mod geometry;
+pub mod nifti_io;
+pub mod volume;
+
+pub use error::{IoError, Limits, Result};
+pub use geometry::Affine;
+pub use volume::Volume;

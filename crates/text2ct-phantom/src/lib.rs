@@ -1,0 +1,1 @@
+//! Procedural chest-CT phantoms with radiology-style reports and CT-RATE labels.

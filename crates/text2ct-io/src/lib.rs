@@ -1,10 +1,13 @@
 //! Volume I/O for text2ct: the [`Volume`] type and its geometry, NIfTI-1 and DICOM series
-//! readers, NIfTI writing, reorientation, resampling, crop/pad, intensity windowing and PNG
-//! previews.
+//! readers, NIfTI writing, reorientation, resampling, crop/pad, intensity windowing, NumPy
+//! `.npy` arrays and PNG previews.
 
+pub mod dicom_io;
 pub mod error;
 pub mod geometry;
 pub mod nifti_io;
+pub mod preview;
+pub mod transform;
 pub mod volume;
 
 pub use error::{IoError, Limits, Result};

@@ -1,1 +1,21 @@
 //! Neural networks of text2ct (burn): MAISI VAE, diffusion U-Net, 3D CLIP.
+//!
+//! - [`vae`]: MONAI's `AutoencoderKlMaisi` (encode / decode / sliding-window decode), loading
+//!   MONAI `.pt` or `.safetensors` weights strictly.
+//! - [`blocks`]: shared building blocks (ResBlock, down/upsample) and parameter sources.
+//! - [`interp`]: 3D interpolation burn lacks (trilinear x2, nearest repeat).
+//! - [`sliding`]: MONAI-compatible sliding-window inference.
+//! - [`weights`]: reading PyTorch / safetensors state dicts; [`npy`]: `.npy` float arrays.
+
+pub mod blocks;
+pub mod error;
+pub mod interp;
+pub mod npy;
+pub mod sliding;
+pub mod vae;
+pub mod weights;
+
+pub use error::{ModelError, Result};
+pub use npy::NpyArray;
+pub use vae::{convert_to_safetensors, SlidingWindow, Vae, VaeConfig};
+pub use weights::{RawTensor, StateDict};

@@ -1,0 +1,259 @@
+//! Building blocks shared by the networks, and the parameter sources they are built from.
+//!
+//! Modules are built from a [`ParamSource`], asked for each parameter by its PyTorch (MONAI)
+//! state-dict name: [`InitSource`] makes fresh PyTorch-style initial values, [`StateDictSource`]
+//! takes them from a loaded state dict and records every missing or mis-shaped key, so a strict
+//! load reports all problems at once.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::Conv3d;
+use burn::nn::{GroupNorm, PaddingConfig3d};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+
+use crate::interp::upsample_trilinear_x2;
+use crate::weights::{RawTensor, StateDict};
+
+/// What a parameter is, for initialisation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ParamKind {
+    /// Convolution / linear weight or bias with the given fan-in (PyTorch default init:
+    /// uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))).
+    Fan(usize),
+    /// Normalisation scale: ones.
+    Ones,
+    /// Normalisation shift: zeros.
+    Zeros,
+}
+
+/// Something that hands out parameter values by state-dict name.
+pub trait ParamSource {
+    fn take(&mut self, key: &str, shape: &[usize], kind: ParamKind) -> Vec<f32>;
+}
+
+/// Fresh parameters: PyTorch's default initialisation from a seeded ChaCha generator. Also
+/// records the `(key, shape)` list it was asked for.
+pub struct InitSource {
+    rng: rand_chacha::ChaCha8Rng,
+    pub spec: Vec<(String, Vec<usize>)>,
+}
+
+impl InitSource {
+    pub fn new(seed: u64) -> Self {
+        InitSource { rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed), spec: Vec::new() }
+    }
+}
+
+impl ParamSource for InitSource {
+    fn take(&mut self, key: &str, shape: &[usize], kind: ParamKind) -> Vec<f32> {
+        self.spec.push((key.to_string(), shape.to_vec()));
+        let n: usize = shape.iter().product();
+        match kind {
+            ParamKind::Ones => vec![1.0; n],
+            ParamKind::Zeros => vec![0.0; n],
+            ParamKind::Fan(fan_in) => {
+                let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+                (0..n).map(|_| self.rng.random_range(-bound..bound)).collect()
+            }
+        }
+    }
+}
+
+/// Parameters taken out of a state dict. Keys it was asked for but could not serve (missing or
+/// wrong shape) are recorded and served as zeros; [`StateDictSource::finish`] reports them with
+/// the keys nobody asked for.
+pub struct StateDictSource {
+    sd: StateDict,
+    pub missing: Vec<String>,
+    pub wrong_shape: Vec<String>,
+}
+
+impl StateDictSource {
+    pub fn new(sd: StateDict) -> Self {
+        StateDictSource { sd, missing: Vec::new(), wrong_shape: Vec::new() }
+    }
+
+    /// `Err(message)` naming every missing, unexpected and mis-shaped key, or `Ok(n_loaded)`.
+    pub fn finish(self) -> std::result::Result<(), String> {
+        let unexpected: Vec<String> = self.sd.tensors.iter().map(|(k, t)| format!("{k} {:?}", t.shape)).collect();
+        if self.missing.is_empty() && self.wrong_shape.is_empty() && unexpected.is_empty() {
+            return Ok(());
+        }
+        let mut msg = format!(
+            "state dict does not match the model ({} missing, {} unexpected, {} with the wrong shape)",
+            self.missing.len(),
+            unexpected.len(),
+            self.wrong_shape.len()
+        );
+        for (title, list) in
+            [("missing", &self.missing), ("unexpected", &unexpected), ("wrong shape", &self.wrong_shape)]
+        {
+            if !list.is_empty() {
+                msg.push_str(&format!("\n  {title}:"));
+                for item in list.iter() {
+                    msg.push_str(&format!("\n    {item}"));
+                }
+            }
+        }
+        Err(msg)
+    }
+}
+
+impl ParamSource for StateDictSource {
+    fn take(&mut self, key: &str, shape: &[usize], _kind: ParamKind) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        match self.sd.tensors.remove(key) {
+            None => {
+                self.missing.push(format!("{key} {shape:?}"));
+                vec![0.0; n]
+            }
+            Some(RawTensor { shape: s, data }) => {
+                if s != shape {
+                    self.wrong_shape.push(format!("{key}: file has {s:?}, model needs {shape:?}"));
+                    vec![0.0; n]
+                } else {
+                    data
+                }
+            }
+        }
+    }
+}
+
+/// A parameter tensor from a source.
+pub fn param<const D: usize>(
+    src: &mut dyn ParamSource,
+    key: &str,
+    shape: [usize; D],
+    kind: ParamKind,
+    device: &Device,
+) -> Param<Tensor<D>> {
+    let data = src.take(key, &shape, kind);
+    Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), device))
+}
+
+/// A 3D convolution with cubic kernel `k`, stride `stride`, symmetric zero padding `pad` and a
+/// bias; parameters `{key}.weight` `[cout, cin, k, k, k]` and `{key}.bias` `[cout]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv3d(
+    src: &mut dyn ParamSource,
+    key: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    device: &Device,
+) -> Conv3d {
+    let fan_in = cin * k * k * k;
+    let weight = param(src, &format!("{key}.weight"), [cout, cin, k, k, k], ParamKind::Fan(fan_in), device);
+    let bias = param(src, &format!("{key}.bias"), [cout], ParamKind::Fan(fan_in), device);
+    Conv3d {
+        weight,
+        bias: Some(bias),
+        stride: [stride; 3],
+        kernel_size: [k; 3],
+        dilation: [1; 3],
+        groups: 1,
+        padding: PaddingConfig3d::Explicit(pad, pad, pad),
+    }
+}
+
+/// A GroupNorm with affine parameters `{key}.weight` / `{key}.bias` (`[channels]`).
+pub fn group_norm(
+    src: &mut dyn ParamSource,
+    key: &str,
+    groups: usize,
+    channels: usize,
+    eps: f64,
+    device: &Device,
+) -> GroupNorm {
+    let gamma = param(src, &format!("{key}.weight"), [channels], ParamKind::Ones, device);
+    let beta = param(src, &format!("{key}.bias"), [channels], ParamKind::Zeros, device);
+    GroupNorm {
+        gamma: Some(gamma),
+        beta: Some(beta),
+        num_groups: groups,
+        num_channels: channels,
+        epsilon: eps,
+        affine: true,
+    }
+}
+
+/// MONAI `MaisiResBlock`: `h = conv1(silu(norm1(x)))`, `h = conv2(silu(norm2(h)))`,
+/// `out = nin_shortcut(x) + h` (the 1x1x1 shortcut only when the channel count changes).
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    pub norm1: GroupNorm,
+    pub conv1: Conv3d,
+    pub norm2: GroupNorm,
+    pub conv2: Conv3d,
+    pub nin_shortcut: Option<Conv3d>,
+}
+
+impl ResBlock {
+    /// Keys under `key`: `norm1.*`, `conv1.conv.conv.*`, `norm2.*`, `conv2.conv.conv.*`,
+    /// `nin_shortcut.conv.conv.*`.
+    pub fn build(
+        src: &mut dyn ParamSource,
+        key: &str,
+        cin: usize,
+        cout: usize,
+        groups: usize,
+        eps: f64,
+        device: &Device,
+    ) -> Self {
+        let norm1 = group_norm(src, &format!("{key}.norm1"), groups, cin, eps, device);
+        let conv1 = conv3d(src, &format!("{key}.conv1.conv.conv"), cin, cout, 3, 1, 1, device);
+        let norm2 = group_norm(src, &format!("{key}.norm2"), groups, cout, eps, device);
+        let conv2 = conv3d(src, &format!("{key}.conv2.conv.conv"), cout, cout, 3, 1, 1, device);
+        let nin_shortcut =
+            (cin != cout).then(|| conv3d(src, &format!("{key}.nin_shortcut.conv.conv"), cin, cout, 1, 1, 0, device));
+        ResBlock { norm1, conv1, norm2, conv2, nin_shortcut }
+    }
+
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let skip = match &self.nin_shortcut {
+            Some(c) => c.forward(x),
+            None => x,
+        };
+        skip + h
+    }
+}
+
+/// MONAI `MaisiDownsample`: zero-pad one voxel at the END of each spatial axis, then a 3x3x3
+/// convolution with stride 2 and no padding. Keys `{key}.conv.conv.conv.*`.
+#[derive(Module, Debug)]
+pub struct Downsample {
+    pub conv: Conv3d,
+}
+
+impl Downsample {
+    pub fn build(src: &mut dyn ParamSource, key: &str, channels: usize, device: &Device) -> Self {
+        Downsample { conv: conv3d(src, &format!("{key}.conv.conv.conv"), channels, channels, 3, 2, 0, device) }
+    }
+
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let x = x.pad([(0, 1), (0, 1), (0, 1)], 0.0f32);
+        self.conv.forward(x)
+    }
+}
+
+/// MONAI `MaisiUpsample` (use_convtranspose=False): trilinear x2 (align_corners=False), then a
+/// 3x3x3 convolution. Keys `{key}.conv.conv.conv.*`.
+#[derive(Module, Debug)]
+pub struct Upsample {
+    pub conv: Conv3d,
+}
+
+impl Upsample {
+    pub fn build(src: &mut dyn ParamSource, key: &str, channels: usize, device: &Device) -> Self {
+        Upsample { conv: conv3d(src, &format!("{key}.conv.conv.conv"), channels, channels, 3, 1, 1, device) }
+    }
+
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        self.conv.forward(upsample_trilinear_x2(x))
+    }
+}

@@ -232,7 +232,9 @@ pub fn read_dicom_series(dir: &Path, series_uid: Option<&str>, limits: &Limits) 
 fn list(groups: &Groups) -> String {
     groups
         .iter()
-        .map(|(u, (d, f))| format!("{u} ({} slices{})", f.len(), if d.is_empty() { String::new() } else { format!(", {d:?}") }))
+        .map(|(u, (d, f))| {
+            format!("{u} ({} slices{})", f.len(), if d.is_empty() { String::new() } else { format!(", {d:?}") })
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -271,7 +273,9 @@ fn assemble(dir: &Path, mut slices: Vec<Slice>, limits: &Limits) -> Result<(Volu
     let col_dir = [iop[3], iop[4], iop[5]];
     let normal = cross(row_dir, col_dir);
     let nn = dot(normal, normal).sqrt();
-    if (dot(row_dir, row_dir).sqrt() - 1.0).abs() > 1e-3 || (dot(col_dir, col_dir).sqrt() - 1.0).abs() > 1e-3 || nn < 0.99
+    if (dot(row_dir, row_dir).sqrt() - 1.0).abs() > 1e-3
+        || (dot(col_dir, col_dir).sqrt() - 1.0).abs() > 1e-3
+        || nn < 0.99
     {
         return Err(IoError::format(dir, format!("ImageOrientationPatient {iop:?} is not two orthonormal vectors")));
     }

@@ -50,10 +50,7 @@ impl Default for Limits {
     /// 4 GiB of f32 voxels (about 1024 x 1024 x 1024), far above any chest CT.
     /// Override with the environment variable `TEXT2CT_MAX_VOLUME_BYTES`.
     fn default() -> Self {
-        let max_bytes = std::env::var("TEXT2CT_MAX_VOLUME_BYTES")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(4 << 30);
+        let max_bytes = std::env::var("TEXT2CT_MAX_VOLUME_BYTES").ok().and_then(|s| s.parse().ok()).unwrap_or(4 << 30);
         Limits { max_bytes }
     }
 }

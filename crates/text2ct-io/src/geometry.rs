@@ -160,10 +160,7 @@ impl Affine {
 
     /// Orientation code such as "RAS" or "LPS": the direction each voxel axis increases toward.
     pub fn orientation_code(&self) -> String {
-        self.axis_mapping()
-            .iter()
-            .map(|&(w, s)| axis_letter(w, s))
-            .collect()
+        self.axis_mapping().iter().map(|&(w, s)| axis_letter(w, s)).collect()
     }
 
     /// The qform representation: (quatern_b, c, d), qfac, offset, pixdim. The rotation is the
@@ -244,12 +241,7 @@ impl Affine {
 
     /// Largest absolute element-wise difference from another affine.
     pub fn max_abs_diff(&self, other: &Affine) -> f64 {
-        self.0
-            .iter()
-            .flatten()
-            .zip(other.0.iter().flatten())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max)
+        self.0.iter().flatten().zip(other.0.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
     }
 
     /// True when the 3x3 part has off-axis (oblique) components beyond `tol`.
@@ -333,9 +325,8 @@ mod tests {
 
     #[test]
     fn quaternion_round_trip_for_rotations_and_flips() {
-        for (i, angles) in [(0.0, 0.0, 0.0), (0.3, -0.2, 1.1), (3.0, 0.1, -2.5), (std::f64::consts::PI, 0.0, 0.0)]
-            .iter()
-            .enumerate()
+        for (i, angles) in
+            [(0.0, 0.0, 0.0), (0.3, -0.2, 1.1), (3.0, 0.1, -2.5), (std::f64::consts::PI, 0.0, 0.0)].iter().enumerate()
         {
             let mut d = rot(angles.0, angles.1, angles.2);
             if i % 2 == 1 {
@@ -354,7 +345,8 @@ mod tests {
     fn orientation_codes() {
         let ras = Affine::from_spacing_origin([1.0, 1.0, 1.0], [0.0; 3]).unwrap();
         assert_eq!(ras.orientation_code(), "RAS");
-        let lps = Affine::from_parts([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]], [1.0; 3], [0.0; 3]).unwrap();
+        let lps =
+            Affine::from_parts([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]], [1.0; 3], [0.0; 3]).unwrap();
         assert_eq!(lps.orientation_code(), "LPS");
         // Axes permuted: voxel axis 0 runs along world z (toward inferior).
         let p = Affine::from_parts([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]], [1.0; 3], [0.0; 3]).unwrap();

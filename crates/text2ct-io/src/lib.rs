@@ -6,6 +6,7 @@ pub mod dicom_io;
 pub mod error;
 pub mod geometry;
 pub mod nifti_io;
+pub mod npy;
 pub mod preview;
 pub mod transform;
 pub mod volume;

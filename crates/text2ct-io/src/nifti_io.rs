@@ -132,10 +132,7 @@ pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
         return Err(IoError::format(path, "NIfTI-2 files are not supported (only NIfTI-1)"));
     }
     if sizeof_le != 348 && sizeof_be != 348 {
-        return Err(IoError::format(
-            path,
-            format!("not a NIfTI-1 file: sizeof_hdr is {sizeof_le}, expected 348"),
-        ));
+        return Err(IoError::format(path, format!("not a NIfTI-1 file: sizeof_hdr is {sizeof_le}, expected 348")));
     }
     let hdr = NiftiHeader::from_reader(&hbytes[..]).map_err(|e| IoError::format(path, format!("bad header: {e}")))?;
     if &hdr.magic != b"n+1\0" && &hdr.magic != b"ni1\0" {
@@ -164,14 +161,14 @@ pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
     let dtype = DType::from_code(hdr.datatype).ok_or_else(|| {
         IoError::format(
             path,
-            format!("unsupported datatype code {} (supported: uint8, int8, int16, uint16, int32, float32, float64)", hdr.datatype),
+            format!(
+                "unsupported datatype code {} (supported: uint8, int8, int16, uint16, int32, float32, float64)",
+                hdr.datatype
+            ),
         )
     })?;
     if hdr.bitpix as usize != dtype.size() * 8 {
-        return Err(IoError::format(
-            path,
-            format!("bitpix {} does not match datatype {}", hdr.bitpix, dtype.name()),
-        ));
+        return Err(IoError::format(path, format!("bitpix {} does not match datatype {}", hdr.bitpix, dtype.name())));
     }
     for (i, p) in hdr.pixdim[1..=3].iter().enumerate() {
         if !p.is_finite() || *p <= 0.0 {
@@ -534,5 +531,43 @@ mod tests {
         let e = write_nifti(&d.join("nan.nii"), &bad, &WriteOptions::ct_hu()).unwrap_err().to_string();
         assert!(e.contains("non-finite"), "{e}");
         assert!(!d.join("nan.nii").exists());
+    }
+
+    /// Files written by nibabel (fixtures/gen_nifti_fixtures.py): we must read the same affine
+    /// and the same scaled values nibabel reads.
+    #[test]
+    fn nibabel_written_files_read_identically() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/nifti");
+        let exp: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let cases = exp["cases"].as_object().unwrap();
+        assert_eq!(cases.len(), 7);
+        for (name, case) in cases {
+            let (vol, info) = read_nifti(&dir.join(name), &Limits::default()).unwrap();
+            let shape: Vec<usize> =
+                case["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+            assert_eq!(vol.dims().to_vec(), shape, "{name}");
+            let a: Vec<f64> = case["affine"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+                .collect();
+            for r in 0..4 {
+                for c in 0..4 {
+                    assert!(
+                        (vol.affine().0[r][c] - a[4 * r + c]).abs() < 1e-4,
+                        "{name} affine[{r}][{c}]: {:?}",
+                        vol.affine()
+                    );
+                }
+            }
+            let vals: Vec<f64> = case["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            for (i, (g, w)) in vol.data().iter().zip(&vals).enumerate() {
+                assert!((*g as f64 - w).abs() <= 1e-5 * w.abs().max(1.0), "{name} voxel {i}: {g} vs {w}");
+            }
+            assert_eq!(vol.orientation(), case["axcodes"].as_str().unwrap(), "{name}");
+            assert_eq!(info.big_endian, name.contains("big_endian"));
+        }
     }
 }

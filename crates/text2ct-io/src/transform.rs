@@ -313,7 +313,8 @@ mod tests {
 
     #[test]
     fn intensity_scaling() {
-        let mut v = Volume::from_fn([4, 1, 1], Affine::identity(), |x, _, _| [-3000.0, -1000.0, 0.0, 2500.0][x]).unwrap();
+        let mut v =
+            Volume::from_fn([4, 1, 1], Affine::identity(), |x, _, _| [-3000.0, -1000.0, 0.0, 2500.0][x]).unwrap();
         scale_to_unit(&mut v, -1000.0, 1000.0);
         assert_eq!(v.data(), &[0.0, 0.0, 0.5, 1.0]);
         assert_eq!(unit_to_hu(0.25), -500.0);

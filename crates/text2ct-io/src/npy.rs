@@ -267,7 +267,9 @@ mod tests {
         let mut h = header_bytes(NpyType::F32, &[100000, 100000, 1000], false);
         std::fs::write(&p, &h).unwrap();
         assert!(read_npy(&p, &Limits::default()).unwrap_err().to_string().contains("limit"));
-        h = String::from_utf8(header_bytes(NpyType::F32, &[1], false)).unwrap().replace("<f4", "<c8").into_bytes();
+        h = header_bytes(NpyType::F32, &[1], false);
+        let at = h.windows(3).position(|w| w == b"<f4").unwrap();
+        h[at..at + 3].copy_from_slice(b"<c8");
         std::fs::write(&p, &h).unwrap();
         assert!(read_npy(&p, &Limits::default()).unwrap_err().to_string().contains("unsupported dtype"));
     }

@@ -15,6 +15,8 @@ pub mod sliding;
 pub mod vae;
 pub mod weights;
 
+/// The burn version the models are built with (so dependents need not name it).
+pub use burn;
 pub use error::{ModelError, Result};
 pub use npy::NpyArray;
 pub use vae::{convert_to_safetensors, SlidingWindow, Vae, VaeConfig};

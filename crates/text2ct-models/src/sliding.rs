@@ -85,7 +85,7 @@ pub fn sliding_window_5d(
             return Err(ModelError::Invalid(format!("overlap must be in [0, 1), got {o}")));
         }
     }
-    if !(opts.sigma_scale > 0.0) {
+    if opts.sigma_scale.is_nan() || opts.sigma_scale <= 0.0 {
         return Err(ModelError::Invalid(format!("sigma_scale must be positive, got {}", opts.sigma_scale)));
     }
     let roi: [usize; 3] = std::array::from_fn(|i| if opts.window[i] == 0 { orig[i] } else { opts.window[i] });
@@ -115,7 +115,9 @@ pub fn sliding_window_5d(
     let total = slices.len() * b;
 
     // Filled after the first prediction, when the output scale is known.
-    let mut state: Option<(usize, [usize; 3], [usize; 3], Vec<f32>, Vec<f32>, Vec<f32>)> = None;
+    // (output channels, scale, output extent, output sums, weight sums, output-window weights)
+    type Accum = (usize, [usize; 3], [usize; 3], Vec<f32>, Vec<f32>, Vec<f32>);
+    let mut state: Option<Accum> = None;
     let mut done = 0;
     for bi in 0..b {
         for s in &slices {

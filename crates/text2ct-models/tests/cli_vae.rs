@@ -1,0 +1,272 @@
+//! Compiles and exercises the CLI's `vae` command (`crates/text2ct-cli/src/cmd/vae.rs`) against
+//! the small MONAI fixtures, without depending on the CLI crate.
+
+#[path = "../../text2ct-cli/src/cmd/vae.rs"]
+#[allow(dead_code)]
+mod vae;
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use text2ct_models::NpyArray;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    Vae(vae::VaeArgs),
+}
+
+fn run(args: &[&str]) -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from(std::iter::once("text2ct").chain(args.iter().copied()))?;
+    match cli.cmd {
+        Cmd::Vae(a) => vae::run(a),
+    }
+}
+
+fn small(f: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/small").join(f).to_string_lossy().into_owned()
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("t2ct_cli_vae_{tag}_{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn max_rel(a: &NpyArray, b: &NpyArray) -> f64 {
+    assert_eq!(a.shape, b.shape);
+    let num: f64 = a.data.iter().zip(&b.data).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.data.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+#[test]
+fn encode_decode_npy_and_nifti() {
+    let d = tmp("ok");
+    let (cfg, w) = (small("config.json"), small("vae.pt"));
+    let mu = d.join("mu.npy");
+    run(&[
+        "vae",
+        "encode",
+        "--config",
+        &cfg,
+        "--weights",
+        &w,
+        "--input",
+        &small("enc_input.npy"),
+        "--output",
+        mu.to_str().unwrap(),
+    ])
+    .unwrap();
+    let got = NpyArray::read(&mu).unwrap();
+    assert!(max_rel(&got, &NpyArray::read(Path::new(&small("enc_mu.npy"))).unwrap()) < 1e-4);
+
+    let smp = d.join("s.npy");
+    let enc_sample = |out: &Path, seed: &str| {
+        run(&[
+            "vae",
+            "encode",
+            "--config",
+            &cfg,
+            "--weights",
+            &w,
+            "--input",
+            &small("enc_input.npy"),
+            "--output",
+            out.to_str().unwrap(),
+            "--sample",
+            "--seed",
+            seed,
+        ])
+        .unwrap();
+        NpyArray::read(out).unwrap()
+    };
+    let s1 = enc_sample(&smp, "3");
+    assert_eq!(s1.shape, got.shape);
+    assert_ne!(s1.data, got.data);
+
+    let dec = d.join("dec.npy");
+    run(&[
+        "vae",
+        "decode",
+        "--config",
+        &cfg,
+        "--weights",
+        &w,
+        "--input",
+        &small("dec_input.npy"),
+        "--output",
+        dec.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(
+        max_rel(&NpyArray::read(&dec).unwrap(), &NpyArray::read(Path::new(&small("dec_output.npy"))).unwrap()) < 1e-4
+    );
+
+    // sliding window through the CLI: window clipped to the latent, as MAISI's dynamic_infer
+    let sw = d.join("sw.npy");
+    run(&[
+        "vae",
+        "decode",
+        "--config",
+        &cfg,
+        "--weights",
+        &w,
+        "--input",
+        &small("sw_input.npy"),
+        "--output",
+        sw.to_str().unwrap(),
+        "--window",
+        "6,5,4",
+        "--overlap",
+        "0.4",
+    ])
+    .unwrap();
+    assert_eq!(NpyArray::read(&sw).unwrap().shape, vec![1, 1, 40, 32, 24]);
+
+    // NIfTI out, then NIfTI in
+    let nii = d.join("ct.nii.gz");
+    run(&[
+        "vae",
+        "decode",
+        "--config",
+        &cfg,
+        "--weights",
+        &w,
+        "--input",
+        &small("dec_input.npy"),
+        "--output",
+        nii.to_str().unwrap(),
+        "--spacing",
+        "0.8,0.8,2",
+    ])
+    .unwrap();
+    let (vol, info) = text2ct_io::nifti_io::read_nifti(&nii, &text2ct_io::Limits::default()).unwrap();
+    assert_eq!(vol.dims(), [24, 20, 16]);
+    assert_eq!(info.dtype.name(), "int16");
+    assert!((vol.spacing()[2] - 2.0).abs() < 1e-6);
+    let raw = NpyArray::read(Path::new(&small("dec_output.npy"))).unwrap();
+    // voxel (x=3, y=5, z=7) of the volume is tensor element [0,0,3,5,7]
+    let v = raw.data[(3 * 20 + 5) * 16 + 7];
+    let want = (v * 2000.0 - 1000.0).clamp(-1000.0, 1000.0).trunc();
+    assert_eq!(vol.get(3, 5, 7), want);
+    let mu2 = d.join("mu2.npy");
+    run(&[
+        "vae",
+        "encode",
+        "--config",
+        &cfg,
+        "--weights",
+        &w,
+        "--input",
+        nii.to_str().unwrap(),
+        "--output",
+        mu2.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(NpyArray::read(&mu2).unwrap().shape, vec![1, 4, 6, 5, 4]);
+
+    // convert
+    let st = d.join("w.safetensors");
+    run(&["vae", "convert", "--input", &small("vae_nested.pt"), "--output", st.to_str().unwrap()]).unwrap();
+    let dec2 = d.join("dec2.npy");
+    run(&[
+        "vae",
+        "decode",
+        "--config",
+        &cfg,
+        "--weights",
+        st.to_str().unwrap(),
+        "--input",
+        &small("dec_input.npy"),
+        "--output",
+        dec2.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(NpyArray::read(&dec2).unwrap(), NpyArray::read(&dec).unwrap());
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn clear_errors() {
+    let d = tmp("err");
+    let (cfg, w) = (small("config.json"), small("vae.pt"));
+    let out = d.join("o.npy");
+    let o = out.to_str().unwrap();
+    // latent given to encode: wrong channel count
+    let e =
+        run(&["vae", "encode", "--config", &cfg, "--weights", &w, "--input", &small("dec_input.npy"), "--output", o])
+            .unwrap_err();
+    assert!(format!("{e:#}").contains("VAE input must be"), "{e:#}");
+    // image given to decode
+    let e =
+        run(&["vae", "decode", "--config", &cfg, "--weights", &w, "--input", &small("enc_input.npy"), "--output", o])
+            .unwrap_err();
+    assert!(format!("{e:#}").contains("VAE latent must be"), "{e:#}");
+    // bad output extension, bad window, bad overlap, missing weights
+    assert!(run(&[
+        "vae",
+        "encode",
+        "--config",
+        &cfg,
+        "--weights",
+        &w,
+        "--input",
+        &small("enc_input.npy"),
+        "--output",
+        "x.txt"
+    ])
+    .is_err());
+    assert!(run(&[
+        "vae",
+        "decode",
+        "--config",
+        &cfg,
+        "--weights",
+        &w,
+        "--input",
+        &small("dec_input.npy"),
+        "--output",
+        o,
+        "--window",
+        "2,0,2"
+    ])
+    .is_err());
+    assert!(run(&[
+        "vae",
+        "decode",
+        "--config",
+        &cfg,
+        "--weights",
+        &w,
+        "--input",
+        &small("dec_input.npy"),
+        "--output",
+        o,
+        "--window",
+        "2,2,2",
+        "--overlap",
+        "1.5"
+    ])
+    .is_err());
+    let e = run(&[
+        "vae",
+        "decode",
+        "--config",
+        &cfg,
+        "--weights",
+        "/nonexistent.pt",
+        "--input",
+        &small("dec_input.npy"),
+        "--output",
+        o,
+    ])
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("nonexistent.pt"), "{e:#}");
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -2,10 +2,14 @@
 //!
 //! * [`frechet`]: Fréchet distance and feature statistics (float64, robust for singular covariances).
 //! * [`linalg`]: the small dense linear-algebra kernels behind it.
+//! * [`classification`]: ROC AUC (ties), average precision, precision at a threshold, macro/weighted averages.
+//! * [`retrieval`]: Recall@K, MAP@K, and CT-CLIP's volume-to-volume computation.
 
+pub mod classification;
 pub mod error;
 pub mod frechet;
 pub mod linalg;
+pub mod retrieval;
 
 pub use error::{EvalError, Result};
 pub use frechet::{fid_from_features, frechet_distance, trace_sqrt_product, FeatureStats};

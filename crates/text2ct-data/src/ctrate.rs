@@ -1,0 +1,375 @@
+//! CT-RATE ingestion: read the reports, labels and metadata CSVs and the non-chest exclusion
+//! lists, join them by `VolumeName`, and preprocess every volume into a prepared folder (see
+//! [`crate::manifest`]). Resumable (finished items are skipped), parallel, and tolerant: a bad
+//! row or volume is skipped with its reason, the rest goes on.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use text2ct_io::error::atomic_write_bytes;
+use text2ct_io::nifti_io::read_nifti;
+use text2ct_io::npy::write_npy_i16;
+use text2ct_io::{IoError, Limits, Result};
+
+use crate::labels::{LABELS, NUM_LABELS};
+use crate::layout::{self, Split};
+use crate::manifest::{label_names, write_manifest, DatasetInfo, ManifestEntry};
+use crate::preprocess::{decide_hu, preprocess, PreprocessConfig, RescalePolicy};
+
+/// Options of `text2ct prepare ctrate`.
+#[derive(Clone, Debug)]
+pub struct PrepareOptions {
+    pub root: PathBuf,
+    pub split: Split,
+    pub out: PathBuf,
+    pub preprocess: PreprocessConfig,
+    pub rescale: RescalePolicy,
+    /// Stop after this many usable rows (after exclusions).
+    pub limit: Option<usize>,
+    pub jobs: usize,
+    pub limits: Limits,
+}
+
+/// A row that was not prepared, and why.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Skipped {
+    pub volume: String,
+    pub reason: String,
+}
+
+/// One volume to prepare.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub name: String,
+    pub path: PathBuf,
+    pub report: String,
+    pub labels: Vec<u8>,
+    pub rescale: Option<(f64, f64)>,
+    pub meta_spacing: Option<[f64; 3]>,
+}
+
+/// The joined table: what will be prepared and what was skipped before any volume is read.
+#[derive(Debug)]
+pub struct Plan {
+    pub items: Vec<Item>,
+    pub skipped: Vec<Skipped>,
+    pub warnings: Vec<String>,
+}
+
+/// How one item ended.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Prepared(Box<ManifestEntry>),
+    AlreadyDone(Box<ManifestEntry>),
+    Failed(Skipped),
+}
+
+/// Counts and reasons, written to `summary.json`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    pub split: String,
+    pub rows_in_reports: usize,
+    pub prepared: usize,
+    pub already_done: usize,
+    pub skipped: Vec<Skipped>,
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+    pub manifest: String,
+}
+
+/// Read a CSV into (header, rows); require `needed` columns, naming any that are missing.
+fn read_csv(path: &Path, needed: &[&str]) -> Result<(Vec<String>, Vec<Vec<String>>, Vec<usize>)> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| IoError::format(path, format!("cannot open CSV: {e}")))?;
+    let header: Vec<String> = rdr
+        .headers()
+        .map_err(|e| IoError::format(path, format!("cannot read CSV header: {e}")))?
+        .iter()
+        .map(|s| s.trim().trim_start_matches('\u{feff}').to_string())
+        .collect();
+    let missing: Vec<&str> = needed.iter().filter(|n| !header.iter().any(|h| h == *n)).copied().collect();
+    if !missing.is_empty() {
+        return Err(IoError::format(path, format!("missing column(s): {}", missing.join(", "))));
+    }
+    let idx = needed.iter().map(|n| header.iter().position(|h| h == n).unwrap_or(0)).collect();
+    let mut rows = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec.map_err(|e| IoError::format(path, format!("row {}: {e}", i + 2)))?;
+        rows.push(rec.iter().map(|s| s.to_string()).collect());
+    }
+    Ok((header, rows, idx))
+}
+
+fn parse_label(s: &str) -> Option<u8> {
+    match s.trim() {
+        "0" | "0.0" | "False" | "false" => Some(0),
+        "1" | "1.0" | "True" | "true" => Some(1),
+        _ => None,
+    }
+}
+
+/// Parse CT-RATE's `XYSpacing` ("[0.75, 0.75]" or "0.75").
+pub fn parse_xy_spacing(s: &str) -> Option<[f64; 2]> {
+    let t = s.trim().trim_start_matches('[').trim_end_matches(']');
+    let v: Vec<f64> = t.split(',').filter_map(|p| p.trim().parse::<f64>().ok()).collect();
+    match v.as_slice() {
+        [a] if *a > 0.0 => Some([*a, *a]),
+        [a, b] if *a > 0.0 && *b > 0.0 => Some([*a, *b]),
+        _ => None,
+    }
+}
+
+/// Read and join the CSVs.
+pub fn plan(opts: &PrepareOptions) -> Result<Plan> {
+    let root = &opts.root;
+    let split = opts.split;
+    let mut warnings = Vec::new();
+    let mut skipped = Vec::new();
+
+    let rpath = layout::reports_csv(root, split);
+    let (_, rrows, ri) = read_csv(&rpath, &["VolumeName", "Findings_EN", "Impressions_EN"])?;
+    let lpath = layout::labels_csv(root, split);
+    let mut lneed = vec!["VolumeName"];
+    lneed.extend(LABELS.iter());
+    let (_, lrows, li) = read_csv(&lpath, &lneed)?;
+    let mut labels: HashMap<String, std::result::Result<Vec<u8>, String>> = HashMap::new();
+    for row in &lrows {
+        let name = row[li[0]].trim().to_string();
+        let vals: Option<Vec<u8>> = (0..NUM_LABELS).map(|k| parse_label(&row[li[k + 1]])).collect();
+        labels.insert(name, vals.ok_or_else(|| "labels row holds a value that is not 0/1".to_string()));
+    }
+
+    let mpath = layout::metadata_csv(root, split);
+    let mut meta: HashMap<String, (Option<(f64, f64)>, Option<[f64; 3]>)> = HashMap::new();
+    if mpath.exists() {
+        let (header, mrows, mi) = read_csv(&mpath, &layout::METADATA_COLUMNS)?;
+        let zi = header.iter().position(|h| h == layout::METADATA_ZSPACING);
+        for row in &mrows {
+            let slope = row[mi[1]].trim().parse::<f64>().ok();
+            let inter = row[mi[2]].trim().parse::<f64>().ok();
+            let xy = parse_xy_spacing(&row[mi[3]]);
+            let z = zi.and_then(|z| row[z].trim().parse::<f64>().ok()).filter(|z| *z > 0.0);
+            let sp = match (xy, z) {
+                (Some([a, b]), Some(z)) => Some([a, b, z]),
+                _ => None,
+            };
+            let rs = match (slope, inter) {
+                (Some(s), Some(i)) => Some((s, i)),
+                _ => None,
+            };
+            meta.insert(row[mi[0]].trim().to_string(), (rs, sp));
+        }
+    } else {
+        warnings.push(format!("{}: no metadata CSV; slope/intercept not known, volumes taken as HU", mpath.display()));
+    }
+
+    let mut excluded = HashSet::new();
+    let npath = layout::no_chest_list(root, split);
+    if npath.exists() {
+        let t = std::fs::read_to_string(&npath).map_err(|e| IoError::os(&npath, e))?;
+        excluded.extend(t.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()));
+    }
+
+    let fixed_dir = layout::dataset_dir(root).join(format!("{}_fixed", split.dir()));
+    let use_fixed = fixed_dir.is_dir();
+    let mut seen = HashSet::new();
+    let mut items = Vec::new();
+    for row in &rrows {
+        let name = row[ri[0]].trim().to_string();
+        let skip = |reason: &str| Skipped { volume: name.clone(), reason: reason.to_string() };
+        if !seen.insert(name.clone()) {
+            skipped.push(skip("duplicate row in the reports CSV"));
+            continue;
+        }
+        let stem = name.trim_end_matches(".nii.gz").trim_end_matches(".nii");
+        if excluded.contains(&name) || excluded.contains(stem) {
+            skipped.push(skip("non-chest volume (exclusion list)"));
+            continue;
+        }
+        let Some(path) = layout::volume_path(root, split, &name, use_fixed) else {
+            skipped.push(skip("unknown volume name (expected e.g. train_1_a_1.nii.gz)"));
+            continue;
+        };
+        let labs = match labels.get(&name) {
+            None => {
+                skipped.push(skip("no row in the labels CSV"));
+                continue;
+            }
+            Some(Err(e)) => {
+                skipped.push(skip(e));
+                continue;
+            }
+            Some(Ok(l)) => l.clone(),
+        };
+        if !path.exists() {
+            skipped.push(skip(&format!("volume file not found: {}", path.display())));
+            continue;
+        }
+        let (rescale, meta_spacing) = meta.get(&name).cloned().unwrap_or((None, None));
+        if mpath.exists() && !meta.contains_key(&name) {
+            warnings.push(format!("{name}: no row in the metadata CSV"));
+        }
+        items.push(Item {
+            name: name.clone(),
+            path,
+            report: layout::report_text(row[ri[1]].trim(), row[ri[2]].trim()),
+            labels: labs,
+            rescale,
+            meta_spacing,
+        });
+        if opts.limit.is_some_and(|l| items.len() >= l) {
+            break;
+        }
+    }
+    let reported: HashSet<&String> = seen.iter().collect();
+    let orphans = labels.keys().filter(|k| !reported.contains(k)).count();
+    if orphans > 0 {
+        warnings.push(format!("{orphans} row(s) of the labels CSV have no report"));
+    }
+    Ok(Plan { items, skipped, warnings })
+}
+
+fn item_id(name: &str) -> String {
+    name.trim_end_matches(".nii.gz").trim_end_matches(".nii").to_string()
+}
+
+/// Prepare one volume (or find it already prepared).
+pub fn prepare_item(item: &Item, opts: &PrepareOptions) -> Outcome {
+    let id = item_id(&item.name);
+    let rel = format!("volumes/{id}.npy");
+    let npy = opts.out.join(&rel);
+    let record = opts.out.join("items").join(format!("{id}.json"));
+    if npy.exists() && record.exists() {
+        if let Ok(e) = std::fs::read_to_string(&record)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<ManifestEntry>(&t).map_err(|e| e.to_string()))
+        {
+            return Outcome::AlreadyDone(Box::new(e));
+        }
+    }
+    let fail = |reason: String| Outcome::Failed(Skipped { volume: item.name.clone(), reason });
+    let run = || -> Result<ManifestEntry> {
+        let (mut vol, info) = read_nifti(&item.path, &opts.limits)?;
+        vol.check_finite().map_err(|e| e.at(&item.path))?;
+        let mut warnings = Vec::new();
+        if let Some(ms) = item.meta_spacing {
+            let hs = vol.spacing();
+            // Header axes may be permuted relative to (x, y, z); compare sorted in-plane + z loosely.
+            let close = |a: f64, b: f64| (a - b).abs() <= 0.05 * b.max(1e-6);
+            let mut hsorted = hs;
+            hsorted.sort_by(f64::total_cmp);
+            let mut msorted = ms;
+            msorted.sort_by(f64::total_cmp);
+            if !(0..3).all(|i| close(hsorted[i], msorted[i])) {
+                warnings.push(format!("header spacing {hs:?} differs from the metadata CSV {ms:?}; header used"));
+            }
+        }
+        let hu = decide_hu(&mut vol, &info, item.rescale, opts.rescale).map_err(|e| e.at(&item.path))?;
+        let out = preprocess(&vol, &opts.preprocess).map_err(|e| e.at(&item.path))?;
+        let data: Vec<i16> = out.data().iter().map(|v| v.round() as i16).collect();
+        let d = out.dims();
+        write_npy_i16(&npy, &d, &data, true)?;
+        let entry = ManifestEntry {
+            id: id.clone(),
+            volume: rel.clone(),
+            report: item.report.clone(),
+            labels: item.labels.clone(),
+            spacing: out.spacing(),
+            dims: d,
+            affine: out.affine().0,
+            source: item.path.display().to_string(),
+            hu: serde_json::to_value(&hu).unwrap_or_default(),
+            warnings,
+        };
+        let json = serde_json::to_vec_pretty(&entry).map_err(|e| IoError::invalid(e.to_string()))?;
+        atomic_write_bytes(&record, &json)?;
+        Ok(entry)
+    };
+    match run() {
+        Ok(e) => Outcome::Prepared(Box::new(e)),
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+/// Prepare every item of the plan in parallel (`jobs` threads), calling `on_done` after each,
+/// then write `manifest.jsonl`, `dataset.json` and `summary.json`.
+pub fn run(
+    plan: &Plan,
+    opts: &PrepareOptions,
+    rows_in_reports: usize,
+    on_done: &(dyn Fn(&Outcome) + Sync),
+) -> Result<Summary> {
+    let t0 = std::time::Instant::now();
+    opts.preprocess.validate()?;
+    std::fs::create_dir_all(opts.out.join("volumes")).map_err(|e| IoError::os(&opts.out, e))?;
+    std::fs::create_dir_all(opts.out.join("items")).map_err(|e| IoError::os(&opts.out, e))?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs.max(1))
+        .build()
+        .map_err(|e| IoError::invalid(format!("cannot start {} worker threads: {e}", opts.jobs)))?;
+    let outcomes: Vec<Outcome> = pool.install(|| {
+        plan.items
+            .par_iter()
+            .map(|it| {
+                let o = prepare_item(it, opts);
+                on_done(&o);
+                o
+            })
+            .collect()
+    });
+    let mut entries = Vec::new();
+    let mut skipped = plan.skipped.clone();
+    let (mut prepared, mut done) = (0, 0);
+    for o in outcomes {
+        match o {
+            Outcome::Prepared(e) => {
+                prepared += 1;
+                entries.push(*e);
+            }
+            Outcome::AlreadyDone(e) => {
+                done += 1;
+                entries.push(*e);
+            }
+            Outcome::Failed(s) => skipped.push(s),
+        }
+    }
+    let manifest = opts.out.join("manifest.jsonl");
+    write_manifest(&manifest, &entries)?;
+    let info = DatasetInfo {
+        format: DatasetInfo::FORMAT.into(),
+        mode: format!("{:?}", opts.preprocess.mode).to_lowercase(),
+        split: opts.split.dir().into(),
+        spacing: opts.preprocess.spacing,
+        size: opts.preprocess.size,
+        hu_range: [opts.preprocess.hu_min, opts.preprocess.hu_max],
+        label_names: label_names(),
+        storage: DatasetInfo::STORAGE.into(),
+        source_root: opts.root.display().to_string(),
+    };
+    atomic_write_bytes(&opts.out.join("dataset.json"), &to_json(&info))?;
+    let summary = Summary {
+        split: opts.split.dir().into(),
+        rows_in_reports,
+        prepared,
+        already_done: done,
+        skipped,
+        warnings: plan.warnings.clone(),
+        seconds: t0.elapsed().as_secs_f64(),
+        manifest: manifest.display().to_string(),
+    };
+    atomic_write_bytes(&opts.out.join("summary.json"), &to_json(&summary))?;
+    Ok(summary)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(v).unwrap_or_default()
+}
+
+/// Number of data rows in the reports CSV (for the summary).
+pub fn count_report_rows(root: &Path, split: Split) -> usize {
+    csv::Reader::from_path(layout::reports_csv(root, split)).map(|mut r| r.records().count()).unwrap_or(0)
+}

@@ -74,7 +74,8 @@ impl StateDictSource {
         StateDictSource { sd, missing: Vec::new(), wrong_shape: Vec::new() }
     }
 
-    /// `Err(message)` naming every missing, unexpected and mis-shaped key, or `Ok(n_loaded)`.
+    /// `Err(message)` naming every missing, unexpected and mis-shaped key, or `Ok(())` when the
+    /// state dict matched the model exactly.
     pub fn finish(self) -> std::result::Result<(), String> {
         let unexpected: Vec<String> = self.sd.tensors.iter().map(|(k, t)| format!("{k} {:?}", t.shape)).collect();
         if self.missing.is_empty() && self.wrong_shape.is_empty() && unexpected.is_empty() {

@@ -210,7 +210,7 @@ impl VaeConfig {
     pub fn param_spec(&self) -> Result<Vec<(String, Vec<usize>)>> {
         self.validate()?;
         let mut rec = SpecSource::default();
-        // Build on a tiny throwaway device tensor-free path: the spec source returns zeros.
+        // Builds a throwaway model of zeros on the CPU (84 MB for MAISI) and records the keys.
         let dev = Device::flex();
         let _ = VaeNet::build(self, &mut rec, &dev);
         Ok(rec.spec)
@@ -374,6 +374,92 @@ impl VaeNet {
     }
 }
 
+/// Collects module parameters under MONAI names (the inverse of building from a [`ParamSource`]).
+struct Export {
+    sd: StateDict,
+    err: Option<String>,
+}
+
+impl Export {
+    fn put<const D: usize>(&mut self, key: String, t: Tensor<D>) {
+        let shape = t.dims().to_vec();
+        match t.into_data().convert::<f32>().try_into_vec::<f32>() {
+            Ok(v) => {
+                self.sd.tensors.insert(key, crate::weights::RawTensor::new(shape, v));
+            }
+            Err(e) => self.err = Some(format!("{key}: {e:?}")),
+        }
+    }
+    fn conv(&mut self, key: &str, c: &Conv3d) {
+        self.put(format!("{key}.weight"), c.weight.val());
+        if let Some(b) = &c.bias {
+            self.put(format!("{key}.bias"), b.val());
+        }
+    }
+    fn norm(&mut self, key: &str, n: &GroupNorm) {
+        if let (Some(g), Some(b)) = (&n.gamma, &n.beta) {
+            self.put(format!("{key}.weight"), g.val());
+            self.put(format!("{key}.bias"), b.val());
+        }
+    }
+    fn res(&mut self, key: &str, r: &ResBlock) {
+        self.norm(&format!("{key}.norm1"), &r.norm1);
+        self.conv(&format!("{key}.conv1.conv.conv"), &r.conv1);
+        self.norm(&format!("{key}.norm2"), &r.norm2);
+        self.conv(&format!("{key}.conv2.conv.conv"), &r.conv2);
+        if let Some(n) = &r.nin_shortcut {
+            self.conv(&format!("{key}.nin_shortcut.conv.conv"), n);
+        }
+    }
+}
+
+impl VaeNet {
+    /// All parameters as a state dict with MONAI's key names (loadable by MONAI's
+    /// `AutoencoderKlMaisi.load_state_dict` after conversion to torch tensors, and by [`Vae::load`]).
+    pub fn to_state_dict(&self) -> Result<StateDict> {
+        let mut ex = Export { sd: StateDict::default(), err: None };
+        for (name, conv_in, norm_out, conv_out) in [
+            ("encoder", &self.encoder.conv_in, &self.encoder.norm_out, &self.encoder.conv_out),
+            ("decoder", &self.decoder.conv_in, &self.decoder.norm_out, &self.decoder.conv_out),
+        ] {
+            let mut idx = 0usize;
+            let mut key = || {
+                idx += 1;
+                format!("{name}.blocks.{}", idx - 1)
+            };
+            ex.conv(&format!("{}.conv.conv", key()), conv_in);
+            if name == "encoder" {
+                for level in &self.encoder.levels {
+                    for r in &level.res {
+                        ex.res(&key(), r);
+                    }
+                    if let Some(d) = &level.down {
+                        ex.conv(&format!("{}.conv.conv.conv", key()), &d.conv);
+                    }
+                }
+            } else {
+                for level in &self.decoder.levels {
+                    for r in &level.res {
+                        ex.res(&key(), r);
+                    }
+                    if let Some(u) = &level.up {
+                        ex.conv(&format!("{}.conv.conv.conv", key()), &u.conv);
+                    }
+                }
+            }
+            ex.norm(&key(), norm_out);
+            ex.conv(&format!("{}.conv.conv", key()), conv_out);
+        }
+        ex.conv("quant_conv_mu.conv", &self.quant_conv_mu);
+        ex.conv("quant_conv_log_sigma.conv", &self.quant_conv_log_sigma);
+        ex.conv("post_quant_conv.conv", &self.post_quant_conv);
+        match ex.err {
+            Some(e) => Err(ModelError::Invalid(format!("reading parameter {e}"))),
+            None => Ok(ex.sd),
+        }
+    }
+}
+
 /// The MAISI VAE: its configuration and its network.
 #[derive(Debug, Clone)]
 pub struct Vae {
@@ -429,6 +515,16 @@ impl Vae {
         config.validate()?;
         let sd = StateDict::read(path)?.select_by_anchor(VAE_ANCHOR_KEY, path)?;
         Self::from_state_dict(config, sd, device, path)
+    }
+
+    /// Save the weights as f32 `.safetensors` with MONAI's key names.
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        if let Ok(cfg) = serde_json::to_string(&self.config) {
+            meta.insert("text2ct_vae_config".to_string(), cfg);
+        }
+        self.net.to_state_dict()?.write_safetensors(path, Some(meta))
     }
 
     pub fn config(&self) -> &VaeConfig {

@@ -192,3 +192,24 @@ fn random_init_builds_every_parameter() {
     assert_eq!(out.dims(), [1, 1, 12, 8, 8]);
     assert!(values(out).iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn export_roundtrips_monai_names() {
+    let dev = Device::flex();
+    let vae = Vae::load(&small_cfg(), &small().join("vae.pt"), &dev).unwrap();
+    let exported = vae.net.to_state_dict().unwrap();
+    assert_eq!(exported, StateDict::read(&small().join("vae.pt")).unwrap());
+    let dir = tmpdir("export");
+    let p = dir.join("saved.safetensors");
+    vae.save_safetensors(&p).unwrap();
+    let again = Vae::load(&small_cfg(), &p, &dev).unwrap();
+    assert_eq!(values(again.decode(latent(&dev))), values(vae.decode(latent(&dev))));
+    // a fresh init exports exactly the spec
+    let fresh = Vae::new(&small_cfg(), 1, &dev).unwrap().net.to_state_dict().unwrap();
+    let spec = small_cfg().param_spec().unwrap();
+    assert_eq!(fresh.len(), spec.len());
+    for (k, s) in spec {
+        assert_eq!(fresh.tensors[&k].shape, s, "{k}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,1 +1,51 @@
-fn main() {}
+//! `text2ct`: text-to-CT generation, training and evaluation (command line).
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod util;
+
+/// text2ct: generate 3D chest CT volumes from radiology-report text, train the models that do
+/// it, and evaluate them. Runs on CPU with no downloads: the embedded default data are procedural
+/// chest-CT *phantoms*, not patients.
+#[derive(Parser)]
+#[command(name = "text2ct", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the end-to-end demo on the embedded default: make a small phantom data set, prepare
+    /// it as CT-RATE is prepared, and write previews.
+    Demo(cmd::demo::DemoArgs),
+    /// Write a procedural chest-CT phantom data set (volumes, reports, the 18 CT-RATE labels,
+    /// metadata) in CT-RATE's own layout.
+    Phantom(cmd::phantom::PhantomArgs),
+    /// Preprocess a data set into memory-mappable volumes and one manifest.
+    #[command(subcommand)]
+    Prepare(cmd::prepare::PrepareCommand),
+    /// Draw axial, coronal and sagittal mid-slices of a volume side by side into a PNG.
+    Preview(cmd::preview::PreviewArgs),
+    /// Print a volume's header, geometry, orientation and HU statistics.
+    Inspect(cmd::inspect::InspectArgs),
+    /// The MAISI 3D VAE: encode volumes to latents, decode latents to volumes, convert weights.
+    Vae(cmd::vae::VaeArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Phantom(a) => cmd::phantom::run(a),
+        Command::Prepare(a) => cmd::prepare::run(a),
+        Command::Preview(a) => cmd::preview::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Vae(a) => cmd::vae::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,8 @@
+//! One file per command.
+
+pub mod demo;
+pub mod inspect;
+pub mod phantom;
+pub mod prepare;
+pub mod preview;
+pub mod vae;

@@ -1,0 +1,79 @@
+//! Helpers shared by the commands.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use text2ct_io::dicom_io::read_dicom_series;
+use text2ct_io::nifti_io::read_nifti;
+use text2ct_io::{Limits, Volume};
+
+/// Parse "X,Y,Z" into three numbers.
+pub fn parse_triple<T: std::str::FromStr>(s: &str, what: &str) -> Result<[T; 3]> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    if parts.len() != 3 {
+        bail!("{what} must be three comma-separated numbers like 64,64,32, got {s:?}");
+    }
+    let mut out = Vec::with_capacity(3);
+    for p in parts {
+        out.push(p.parse::<T>().map_err(|_| anyhow::anyhow!("{what}: {p:?} is not a number"))?);
+    }
+    let arr: [T; 3] = out.try_into().map_err(|_| anyhow::anyhow!("{what}: need three values"))?;
+    Ok(arr)
+}
+
+/// A positive spacing triple.
+pub fn parse_spacing(s: &str) -> Result<[f64; 3]> {
+    let v: [f64; 3] = parse_triple(s, "spacing")?;
+    if v.iter().any(|x| !x.is_finite() || *x <= 0.0) {
+        bail!("spacing must be positive millimetres, got {s:?}");
+    }
+    Ok(v)
+}
+
+/// A positive size triple.
+pub fn parse_size(s: &str) -> Result<[usize; 3]> {
+    let v: [usize; 3] = parse_triple(s, "size")?;
+    if v.contains(&0) {
+        bail!("size must be positive, got {s:?}");
+    }
+    Ok(v)
+}
+
+/// Load a volume: a NIfTI file (`.nii`, `.nii.gz`) or a folder of DICOM slices.
+pub fn load_volume(path: &Path, series: Option<&str>) -> Result<Volume> {
+    if path.is_dir() {
+        let (v, info) = read_dicom_series(path, series, &Limits::default())?;
+        for (p, why) in &info.skipped {
+            eprintln!("note: skipped {}: {why}", p.display());
+        }
+        return Ok(v);
+    }
+    let name = path.to_string_lossy();
+    if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+        return Ok(read_nifti(path, &Limits::default())?.0);
+    }
+    if !path.exists() {
+        bail!("{}: no such file or folder", path.display());
+    }
+    read_nifti(path, &Limits::default())
+        .map(|(v, _)| v)
+        .with_context(|| format!("{}: not a NIfTI file (.nii/.nii.gz) or DICOM folder", path.display()))
+}
+
+/// A progress bar with the house style.
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40.cyan/blue}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Default number of worker threads.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}

@@ -1,0 +1,128 @@
+//! The `text2ct` binary end to end: phantom -> prepare -> preview/inspect, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_text2ct"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Fails with exit code 1 and a message containing `want`; never a panic.
+fn fails(args: &[&str], want: &str) {
+    let o = run(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{args:?} should fail cleanly: {err}");
+    assert!(err.contains(want), "{args:?}: stderr {err:?} lacks {want:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("text2ct-cli-{}-{}", name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn phantom_prepare_preview_inspect() {
+    let d = tmp("e2e");
+    let data = d.join("data");
+    let out = ok(&["phantom", "--out", s(&data), "--count", "5", "--size", "32,32,16", "--seed", "3", "--jobs", "2"]);
+    assert!(out.contains("4 train, 1 valid"), "{out}");
+    assert!(out.contains("not patients"));
+    let vol = data.join("dataset/train/train_1/train_1_a/train_1_a_1.nii.gz");
+    assert!(vol.exists());
+
+    let info = ok(&["inspect", "--json", s(&vol)]);
+    let j: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(j["orientation"], "LPS");
+    assert_eq!(j["dims"], serde_json::json!([32, 32, 16]));
+    assert_eq!(j["header"]["dtype"], "i16");
+    let text = ok(&["inspect", s(&vol)]);
+    assert!(text.contains("orientation  LPS") && text.contains("FOV"), "{text}");
+
+    let prepared = d.join("prepared");
+    let args = [
+        "prepare",
+        "ctrate",
+        "--root",
+        s(&data),
+        "--split",
+        "train",
+        "--out",
+        s(&prepared),
+        "--mode",
+        "paper",
+        "--spacing",
+        "12,12,20",
+        "--size",
+        "32,32,16",
+        "--jobs",
+        "2",
+    ];
+    let out = ok(&args);
+    assert!(out.contains("prepared 4 volume(s)"), "{out}");
+    let manifest = std::fs::read_to_string(prepared.join("manifest.jsonl")).unwrap();
+    assert_eq!(manifest.lines().count(), 4);
+    // Resumable: the second run prepares nothing new.
+    let out = ok(&args);
+    assert!(out.contains("prepared 0 volume(s), 4 already done"), "{out}");
+    let out = ok(&[
+        "prepare",
+        "ctrate",
+        "--root",
+        s(&data),
+        "--split",
+        "valid",
+        "--out",
+        s(&d.join("pv")),
+        "--mode",
+        "release",
+        "--size",
+        "32,32,16",
+    ]);
+    assert!(out.contains("prepared 1 volume(s)"), "{out}");
+
+    let png = d.join("p.png");
+    ok(&["preview", s(&vol), s(&vol), "--out", s(&png), "--window", "lung,mediastinum"]);
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    let d = tmp("bad");
+    let junk = d.join("junk.nii.gz");
+    std::fs::write(&junk, b"\x1f\x8b\x08\x00garbage that is not gzip").unwrap();
+    fails(&["inspect", s(&junk)], "junk.nii.gz");
+    fails(&["preview", s(&d.join("missing.nii")), "--out", s(&d.join("x.png"))], "missing.nii");
+    fails(&["preview", s(&junk), "--out", s(&d.join("x.png")), "--window", "blue"], "window");
+    fails(&["phantom", "--out", s(&d.join("p")), "--count", "0"], "count");
+    fails(&["phantom", "--out", s(&d.join("p")), "--size", "32,32"], "size");
+    fails(&["prepare", "ctrate", "--root", s(&d), "--out", s(&d.join("o"))], "reports.csv");
+    fails(&["prepare", "ctrate", "--root", s(&d), "--out", s(&d.join("o")), "--mode", "fast"], "--mode");
+    fails(&["prepare", "ctrate", "--root", s(&d), "--out", s(&d.join("o")), "--spacing", "0,1,1"], "spacing");
+    // An empty DICOM folder.
+    let empty = d.join("dicom");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails(&["inspect", s(&empty)], "no DICOM");
+}

@@ -120,6 +120,26 @@ pub struct NpyArray {
     pub data: Vec<f32>,
 }
 
+impl NpyArray {
+    /// An array of `data` (C order) with `shape`; the lengths must agree.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n != Some(data.len()) {
+            return Err(IoError::invalid(format!("array of {} values does not have shape {shape:?}", data.len())));
+        }
+        Ok(NpyArray { shape, data })
+    }
+    /// Read a `.npy` file (any supported dtype, converted to f32; C order) within the default
+    /// [`Limits`].
+    pub fn read(path: &Path) -> Result<Self> {
+        read_npy(path, &Limits::default())
+    }
+    /// Write as little-endian float32, C order, atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_npy_f32(path, &self.shape, &self.data)
+    }
+}
+
 /// Read a whole `.npy` file as `f32` in C order (Fortran-ordered files are transposed).
 pub fn read_npy(path: &Path, limits: &Limits) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| IoError::os(path, e))?;

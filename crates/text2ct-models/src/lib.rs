@@ -5,12 +5,11 @@
 //! - [`blocks`]: shared building blocks (ResBlock, down/upsample) and parameter sources.
 //! - [`interp`]: 3D interpolation burn lacks (trilinear x2, nearest repeat).
 //! - [`sliding`]: MONAI-compatible sliding-window inference.
-//! - [`weights`]: reading PyTorch / safetensors state dicts; [`npy`]: `.npy` float arrays.
+//! - [`weights`]: reading PyTorch / safetensors state dicts.
 
 pub mod blocks;
 pub mod error;
 pub mod interp;
-pub mod npy;
 pub mod sliding;
 pub mod vae;
 pub mod weights;
@@ -18,6 +17,7 @@ pub mod weights;
 /// The burn version the models are built with (so dependents need not name it).
 pub use burn;
 pub use error::{ModelError, Result};
-pub use npy::NpyArray;
+/// `.npy` arrays come from the I/O crate (one implementation for the whole project).
+pub use text2ct_io::npy::NpyArray;
 pub use vae::{convert_to_safetensors, SlidingWindow, Vae, VaeConfig};
 pub use weights::{RawTensor, StateDict};

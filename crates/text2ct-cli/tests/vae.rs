@@ -1,35 +1,29 @@
-//! Compiles and exercises the CLI's `vae` command (`crates/text2ct-cli/src/cmd/vae.rs`) against
-//! the small MONAI fixtures, without depending on the CLI crate.
-
-#[path = "../../text2ct-cli/src/cmd/vae.rs"]
-#[allow(dead_code)]
-mod vae;
+//! The `vae` command through the binary, against the small MONAI fixtures of text2ct-models.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use clap::Parser;
 use text2ct_models::NpyArray;
 
-#[derive(Parser)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(clap::Subcommand)]
-enum Cmd {
-    Vae(vae::VaeArgs),
-}
-
-fn run(args: &[&str]) -> anyhow::Result<()> {
-    let cli = Cli::try_parse_from(std::iter::once("text2ct").chain(args.iter().copied()))?;
-    match cli.cmd {
-        Cmd::Vae(a) => vae::run(a),
+/// Run `text2ct ARGS`; Err(stderr) when it exits non-zero.
+fn run(args: &[&str]) -> Result<(), String> {
+    let o = Command::new(env!("CARGO_BIN_EXE_text2ct")).args(args).output().map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    if o.status.success() {
+        Ok(())
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        Err(err)
     }
 }
 
 fn small(f: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/small").join(f).to_string_lossy().into_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../text2ct-models/fixtures/small")
+        .join(f)
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn tmp(tag: &str) -> PathBuf {

@@ -119,7 +119,7 @@ impl PhantomConfig {
         if self.spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             return bad(format!("spacing must be finite and positive, got {:?}", self.spacing));
         }
-        if self.spacing.iter().any(|&s| s > 100.0 || s < 0.01) {
+        if self.spacing.iter().any(|s| !(0.01..=100.0).contains(s)) {
             return bad(format!("spacing {:?} mm is outside the supported range 0.01..100 mm", self.spacing));
         }
         for (i, p) in self.prevalence.iter().enumerate() {

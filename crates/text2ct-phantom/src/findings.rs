@@ -285,7 +285,8 @@ pub(crate) fn sample_findings(
         let tr = an.trachea_radius_mm;
         let hl = an.hilum_left.mm;
         let hrt = an.hilum_right.mm;
-        let stations: Vec<(&str, Box<dyn Fn(f64) -> V3>)> = vec![
+        type Station<'a> = (&'a str, Box<dyn Fn(f64) -> V3>);
+        let stations: Vec<Station> = vec![
             ("right lower paratracheal", Box::new(move |r| [tx - tr - 6.0 - r, ty - 2.0, zc + 12.0])),
             ("subcarinal", Box::new(move |r| [tx + 2.0, ty + 4.0, zc - 14.0 - r])),
             ("prevascular", Box::new(move |r| [tx - 5.0, ty - 38.0 - r_asc - r, zc + 22.0])),

@@ -30,6 +30,8 @@ enum Command {
     Preview(cmd::preview::PreviewArgs),
     /// Print a volume's header, geometry, orientation and HU statistics.
     Inspect(cmd::inspect::InspectArgs),
+    /// Print a sampler's timesteps and step sizes as JSON (rflow as released, ddpm, ddim).
+    Schedule(cmd::schedule::ScheduleArgs),
     /// The MAISI 3D VAE: encode volumes to latents, decode latents to volumes, convert weights.
     Vae(cmd::vae::VaeArgs),
 }
@@ -42,6 +44,7 @@ fn main() {
         Command::Prepare(a) => cmd::prepare::run(a),
         Command::Preview(a) => cmd::preview::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Schedule(a) => cmd::schedule::run(a),
         Command::Vae(a) => cmd::vae::run(a),
     };
     if let Err(e) = result {

@@ -126,3 +126,17 @@ fn bad_input_fails_cleanly() {
     std::fs::create_dir_all(&empty).unwrap();
     fails(&["inspect", s(&empty)], "no DICOM");
 }
+
+#[test]
+fn schedule_prints_the_released_timesteps() {
+    let out = ok(&["schedule", "--sampler", "rflow", "--steps", "30", "--latent", "4,128,128,32"]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let t: Vec<f64> = j["timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(t.len(), 30);
+    assert_eq!(t[0], 1000.0);
+    assert_eq!(t[1], 986.5);
+    assert_eq!(t[29], 79.9375);
+    fails(&["schedule", "--sampler", "euler"], "euler");
+    fails(&["schedule", "--latent", "4,128,128"], "--latent");
+    fails(&["schedule", "--steps", "0"], "step");
+}

@@ -5,4 +5,5 @@ pub mod inspect;
 pub mod phantom;
 pub mod prepare;
 pub mod preview;
+pub mod schedule;
 pub mod vae;

@@ -1,0 +1,15 @@
+//! Errors of generation.
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("{0}")]
+    Card(String),
+    #[error("{0}")]
+    Prompts(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Io(#[from] text2ct_io::IoError),
+}
+
+pub type Result<T, E = GenerateError> = std::result::Result<T, E>;

@@ -1,0 +1,11 @@
+//! Text-to-CT generation: the model card (`model.json`), prompts and deterministic sharding,
+//! per-volume seeds, and the files written for every generated volume.
+
+pub mod card;
+pub mod error;
+pub mod output;
+pub mod prompts;
+
+pub use card::ModelCard;
+pub use error::{GenerateError, Result};
+pub use prompts::{jobs_for_prompt, jobs_from_csv, seed_for, Job, Shard};

@@ -30,6 +30,9 @@ enum Command {
     Preview(cmd::preview::PreviewArgs),
     /// Print a volume's header, geometry, orientation and HU statistics.
     Inspect(cmd::inspect::InspectArgs),
+    /// Model cards: write one for Text2CT's released weights, or check a model folder.
+    #[command(subcommand)]
+    Model(cmd::model::ModelCommand),
     /// Print a sampler's timesteps and step sizes as JSON (rflow as released, ddpm, ddim).
     Schedule(cmd::schedule::ScheduleArgs),
     /// The MAISI 3D VAE: encode volumes to latents, decode latents to volumes, convert weights.
@@ -52,6 +55,7 @@ fn main() {
         Command::Preview(a) => cmd::preview::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Schedule(a) => cmd::schedule::run(a),
+        Command::Model(a) => cmd::model::run(a),
         Command::Vae(a) => cmd::vae::run(a),
     };
     if let Err(e) = result {

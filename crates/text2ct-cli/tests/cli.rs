@@ -140,3 +140,18 @@ fn schedule_prints_the_released_timesteps() {
     fails(&["schedule", "--latent", "4,128,128"], "--latent");
     fails(&["schedule", "--steps", "0"], "step");
 }
+
+#[test]
+fn model_cards() {
+    let d = tmp("card");
+    let out = ok(&["model", "init-release", s(&d)]);
+    assert!(out.contains("still to download") && out.contains("unet_rflow_200ep.pt"), "{out}");
+    fails(&["model", "init-release", s(&d)], "--force");
+    fails(&["model", "show", s(&d)], "missing");
+    for f in ["autoencoder_epoch273.pt", "unet_rflow_200ep.pt", "CLIP3D_Finding_Impression_30ep.pt"] {
+        std::fs::write(d.join(f), b"x").unwrap();
+    }
+    let card = ok(&["model", "show", s(&d)]);
+    assert!(card.contains("\"fallback_scale_factor\": 1.0287"), "{card}");
+    fails(&["model", "show", s(&d.join("none"))], "model.json");
+}

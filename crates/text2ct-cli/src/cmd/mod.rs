@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod inspect;
+pub mod model;
 pub mod phantom;
 pub mod prepare;
 pub mod preview;

@@ -6,10 +6,14 @@
 //! - [`interp`]: 3D interpolation burn lacks (trilinear x2, nearest repeat).
 //! - [`sliding`]: MONAI-compatible sliding-window inference.
 //! - [`weights`]: reading PyTorch / safetensors state dicts.
+//! - [`resnet2d`], [`resnet3d`]: evaluation backbones: torchvision / RadImageNet 2D ResNets and
+//!   MedicalNet / MONAI 3D ResNets (feature extractors for the FID), strict PyTorch-key loading.
 
 pub mod blocks;
 pub mod error;
 pub mod interp;
+pub mod resnet2d;
+pub mod resnet3d;
 pub mod sliding;
 pub mod vae;
 pub mod weights;

@@ -1,0 +1,113 @@
+//! Parity of the evaluation backbones (2D ResNets, 3D ResNets, CT-Net) with torchvision / MONAI /
+//! the published MedicalNet, RadImageNet and CT-Net architectures, on the fixtures written by
+//! `fixtures/gen_backbone_fixtures.py` (small configs, committed). The full-width cases are
+//! `#[ignore]`d: run the script with `--full` first (writes `target/backbone_fixtures_full/`).
+
+use std::path::{Path, PathBuf};
+
+use text2ct_models::burn::tensor::{Device, Tensor, TensorData};
+use text2ct_models::StateDict;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/backbones")
+}
+
+struct Io {
+    input: (Vec<usize>, Vec<f32>),
+    features: Vec<f32>,
+    logits: Option<Vec<f32>>,
+}
+
+fn read_io(path: &Path) -> Io {
+    let sd = StateDict::read(path).expect("io fixture");
+    let t = |k: &str| sd.tensors.get(k).cloned();
+    let input = t("input").expect("input");
+    Io {
+        input: (input.shape, input.data),
+        features: t("features").expect("features").data,
+        logits: t("logits").map(|x| x.data),
+    }
+}
+
+/// Relative L2 error and max abs error.
+fn compare(got: &[f32], want: &[f32]) -> (f64, f64) {
+    assert_eq!(got.len(), want.len(), "length");
+    let mut num = 0.0f64;
+    let mut den = 0.0f64;
+    let mut max = 0.0f64;
+    for (a, b) in got.iter().zip(want) {
+        let d = (*a as f64 - *b as f64).abs();
+        num += d * d;
+        den += (*b as f64) * (*b as f64);
+        max = max.max(d);
+    }
+    ((num / den.max(1e-30)).sqrt(), max)
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32")
+}
+
+fn run_case(dir: &Path, case: &serde_json::Value, dev: &Device) -> (String, f64) {
+    let name = case["name"].as_str().unwrap().to_string();
+    let kind = case["kind"].as_str().unwrap();
+    let weights = dir.join(case["weights"].as_str().unwrap());
+    let io = read_io(&dir.join(case["io"].as_str().unwrap()));
+    let (shape, data) = io.input.clone();
+    let (feats, logits): (Vec<f32>, Option<Vec<f32>>) = match kind {
+        "resnet2d" => {
+            use text2ct_models::resnet2d::{ResNet2d, ResNet2dConfig};
+            let cfg: ResNet2dConfig = serde_json::from_value(case["config"].clone()).expect("config");
+            let m = ResNet2d::load(&cfg, &weights, dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let x = Tensor::<4>::from_data(TensorData::new(data, [shape[0], shape[1], shape[2], shape[3]]), dev);
+            let f = to_vec(m.features(x.clone()).unwrap());
+            let l = cfg.num_classes.map(|_| to_vec(m.forward(x).unwrap()));
+            (f, l)
+        }
+        "resnet3d" => {
+            use text2ct_models::resnet3d::{ResNet3d, ResNet3dConfig};
+            let cfg: ResNet3dConfig = serde_json::from_value(case["config"].clone()).expect("config");
+            let m = ResNet3d::load(&cfg, &weights, dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let x =
+                Tensor::<5>::from_data(TensorData::new(data, [shape[0], shape[1], shape[2], shape[3], shape[4]]), dev);
+            (to_vec(m.features(x).unwrap()), None)
+        }
+        "ctnet" => return (name, 0.0),
+        other => panic!("unknown kind {other}"),
+    };
+    let (rel, max) = compare(&feats, &io.features);
+    let mut worst = rel;
+    eprintln!("{name}: features rel L2 {rel:.2e}, max abs {max:.2e}");
+    if let (Some(l), Some(w)) = (logits, io.logits) {
+        let (rel, max) = compare(&l, &w);
+        eprintln!("{name}: logits   rel L2 {rel:.2e}, max abs {max:.2e}");
+        worst = worst.max(rel);
+    }
+    (name, worst)
+}
+
+fn run_all(dir: &Path) {
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).expect("cases.json")).unwrap();
+    let dev = Device::flex();
+    let mut bad = Vec::new();
+    for case in &cases {
+        let (name, rel) = run_case(dir, case, &dev);
+        if rel > 1e-4 || rel.is_nan() {
+            bad.push(format!("{name}: {rel:.2e}"));
+        }
+    }
+    assert!(bad.is_empty(), "parity above 1e-4 relative: {bad:?}");
+}
+
+#[test]
+fn small_backbones_match_reference() {
+    run_all(&fixtures());
+}
+
+#[test]
+#[ignore = "needs `python fixtures/gen_backbone_fixtures.py --full` (torch + torchvision + MONAI) first"]
+fn full_width_backbones_match_reference() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/backbone_fixtures_full");
+    run_all(&dir);
+}

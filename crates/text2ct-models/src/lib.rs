@@ -6,10 +6,15 @@
 //! - [`interp`]: 3D interpolation burn lacks (trilinear x2, nearest repeat).
 //! - [`sliding`]: MONAI-compatible sliding-window inference.
 //! - [`weights`]: reading PyTorch / safetensors state dicts.
+//! - [`clip_text`], [`ctvit`], [`clip3d`]: Text2CT's 3D CLIP (CLIP text transformer, CT-ViT with
+//!   vector quantisation, the CLIP3D wrapper with strict checkpoint loading and the InfoNCE loss).
 //! - [`resnet2d`], [`resnet3d`]: evaluation backbones: torchvision / RadImageNet 2D ResNets and
 //!   MedicalNet / MONAI 3D ResNets (feature extractors for the FID), strict PyTorch-key loading.
 
 pub mod blocks;
+pub mod clip3d;
+pub mod clip_text;
+pub mod ctvit;
 pub mod error;
 pub mod interp;
 pub mod resnet2d;
@@ -20,6 +25,9 @@ pub mod weights;
 
 /// The burn version the models are built with (so dependents need not name it).
 pub use burn;
+pub use clip3d::{clip_loss, Clip3d, Clip3dConfig, ClipVisionEncoder};
+pub use clip_text::{ClipTextConfig, ClipTextEncoder};
+pub use ctvit::{CtVit, CtVitConfig};
 pub use error::{ModelError, Result};
 /// `.npy` arrays come from the I/O crate (one implementation for the whole project).
 pub use text2ct_io::npy::NpyArray;

@@ -52,24 +52,40 @@ impl StateDict {
 
     /// Read a `.safetensors` file (by extension) or a PyTorch checkpoint (anything else).
     pub fn read(path: &Path) -> Result<Self> {
+        Self::read_filtered(path, &|_| true)
+    }
+
+    /// [`StateDict::read`] keeping only the tensors whose full name passes `keep`; the others are
+    /// never converted (a PyTorch checkpoint's skipped tensors are not even read), so loading part
+    /// of a large checkpoint (e.g. the text half of the 3 GB CLIP3D) is cheap.
+    pub fn read_filtered(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Self> {
         let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
         if meta.len() > MAX_WEIGHT_FILE_BYTES {
             return Err(ModelError::weights(path, format!("file is {} bytes, above the limit", meta.len())));
         }
         let is_st = path.extension().and_then(|e| e.to_str()).map(|e| e.eq_ignore_ascii_case("safetensors"));
         if is_st == Some(true) {
-            Self::read_safetensors(path)
+            Self::read_safetensors_filtered(path, keep)
         } else {
-            Self::read_pytorch(path)
+            Self::read_pytorch_filtered(path, keep)
         }
     }
 
     /// Read a PyTorch checkpoint (zip format of `torch.save` >= 1.6, or the legacy format).
     pub fn read_pytorch(path: &Path) -> Result<Self> {
+        Self::read_pytorch_filtered(path, &|_| true)
+    }
+
+    fn read_pytorch_filtered(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Self> {
         let reader = pytorch_reader::PytorchReader::new(path)
             .map_err(|e| ModelError::weights(path, format!("not a readable PyTorch checkpoint: {e}")))?;
         let mut tensors = BTreeMap::new();
+        let mut any = false;
         for (name, t) in reader.into_tensors() {
+            any = true;
+            if !keep(&name) {
+                continue;
+            }
             let shape = t.shape().to_vec();
             let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             let Some(numel) = numel else {
@@ -80,7 +96,7 @@ impl StateDict {
                 .map_err(|m| ModelError::weights(path, format!("tensor {name}: {m}")))?;
             tensors.insert(name, RawTensor::new(shape, data));
         }
-        if tensors.is_empty() {
+        if !any {
             return Err(ModelError::weights(path, "the checkpoint holds no tensors"));
         }
         Ok(StateDict { tensors })
@@ -88,18 +104,27 @@ impl StateDict {
 
     /// Read a `.safetensors` file.
     pub fn read_safetensors(path: &Path) -> Result<Self> {
+        Self::read_safetensors_filtered(path, &|_| true)
+    }
+
+    fn read_safetensors_filtered(path: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Self> {
         let buf = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
         let st = safetensors::SafeTensors::deserialize(&buf)
             .map_err(|e| ModelError::weights(path, format!("not a valid safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
+        let mut any = false;
         for (name, view) in st.tensors() {
+            any = true;
+            if !keep(&name) {
+                continue;
+            }
             let shape = view.shape().to_vec();
             let numel: usize = shape.iter().product();
             let data = convert_st(view.dtype(), view.data(), numel)
                 .map_err(|m| ModelError::weights(path, format!("tensor {name}: {m}")))?;
             tensors.insert(name, RawTensor::new(shape, data));
         }
-        if tensors.is_empty() {
+        if !any {
             return Err(ModelError::weights(path, "the file holds no tensors"));
         }
         Ok(StateDict { tensors })

@@ -1,0 +1,272 @@
+//! Parity of the 3D-CLIP networks with the references (fixtures written by
+//! `fixtures/gen_clip_text_fixtures.py`, transformers 4.30.1 `CLIPTextModel`, and
+//! `fixtures/gen_ctvit_fixtures.py`, Text2CT's CTViT + vector-quantize-pytorch 1.1.2).
+//! Relative L2 errors must be <= 1e-4.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use text2ct_models::clip_text::eos_positions;
+use text2ct_models::{
+    clip_loss, Clip3d, Clip3dConfig, ClipTextConfig, ClipTextEncoder, CtVitConfig, NpyArray, StateDict,
+};
+
+fn fixtures(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+fn rel_l2<const D: usize>(got: Tensor<D>, want: &Path) -> f64 {
+    let want = NpyArray::read(want).unwrap();
+    assert_eq!(got.dims().to_vec(), want.shape, "shape of {}", want_name(&want));
+    rel_l2_vec(&got.into_data().convert::<f32>().try_into_vec::<f32>().unwrap(), &want.data)
+}
+
+fn want_name(a: &NpyArray) -> String {
+    format!("{:?}", a.shape)
+}
+
+fn rel_l2_vec(g: &[f32], w: &[f32]) -> f64 {
+    assert_eq!(g.len(), w.len());
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in g.iter().zip(w) {
+        num += ((a - b) as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn text_meta() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures("clip_text/meta.json")).unwrap()).unwrap()
+}
+
+fn case_ids(meta: &serde_json::Value, case: &str) -> Vec<Vec<u32>> {
+    serde_json::from_value(meta["cases"][case]["ids"].clone()).unwrap()
+}
+
+#[test]
+fn text_encoder_matches_transformers() {
+    let dev = Device::flex();
+    let dir = fixtures("clip_text");
+    let cfg = ClipTextConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let enc = ClipTextEncoder::load(&cfg, &dir.join("clip_text.pt"), &dev).unwrap_or_else(|e| panic!("{e}"));
+    let meta = text_meta();
+    for case in ["full", "short"] {
+        let ids = case_ids(&meta, case);
+        let want_pos: Vec<usize> = serde_json::from_value(meta["cases"][case]["eos_pos"].clone()).unwrap();
+        assert_eq!(eos_positions(&ids), want_pos, "{case}: EOS positions");
+        let t = ClipTextEncoder::ids_tensor(&ids, &dev);
+        let e_hidden = rel_l2(enc.text_model.forward(t.clone()), &dir.join(format!("{case}_hidden.npy")));
+        let e_embed = rel_l2(enc.encode(t.clone()), &dir.join(format!("{case}_embed.npy")));
+        let e_checked = rel_l2(enc.encode_ids(&ids).unwrap(), &dir.join(format!("{case}_embed.npy")));
+        println!("clip text {case}: hidden rel L2 {e_hidden:.3e}, embedding {e_embed:.3e}");
+        assert!(e_hidden <= 1e-4 && e_embed <= 1e-4 && e_checked <= 1e-4, "{case}: {e_hidden} {e_embed}");
+        let ctx = enc.encode_context(t);
+        assert_eq!(ctx.dims(), [ids.len(), 1, cfg.projection_dim]);
+    }
+}
+
+#[test]
+fn text_encoder_rejects_bad_ids() {
+    let dev = Device::flex();
+    let dir = fixtures("clip_text");
+    let cfg = ClipTextConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let enc = ClipTextEncoder::load(&cfg, &dir.join("clip_text.pt"), &dev).unwrap();
+    assert!(enc.encode_ids(&[]).is_err());
+    assert!(enc.encode_ids(&[vec![]]).is_err());
+    assert!(enc.encode_ids(&[vec![1, 2000, 999]]).unwrap_err().to_string().contains("vocabulary"));
+    assert!(enc.encode_ids(&[vec![999; 513]]).unwrap_err().to_string().contains("1..=512"));
+    assert!(enc.encode_ids(&[vec![1, 999], vec![999]]).is_err());
+}
+
+#[test]
+fn text_weights_strict_and_roundtrip() {
+    let dev = Device::flex();
+    let dir = fixtures("clip_text");
+    let cfg = ClipTextConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let path = dir.join("clip_text.pt");
+    // Wrong config: every shape problem is named.
+    let mut wrong = cfg.clone();
+    wrong.hidden_size = 48;
+    wrong.num_attention_heads = 4;
+    let err = ClipTextEncoder::load(&wrong, &path, &dev).unwrap_err().to_string();
+    assert!(err.contains("wrong shape") && err.contains("token_embedding.weight"), "{err}");
+    let mut more = cfg.clone();
+    more.num_hidden_layers = 3;
+    let err = ClipTextEncoder::load(&more, &path, &dev).unwrap_err().to_string();
+    assert!(err.contains("missing") && err.contains("text_model.encoder.layers.2."), "{err}");
+    // Round trip through our own export: identical tensors.
+    let enc = ClipTextEncoder::load(&cfg, &path, &dev).unwrap();
+    let sd = enc.to_state_dict().unwrap();
+    let orig = StateDict::read(&path)
+        .unwrap()
+        .select_by_anchor("text_model.embeddings.token_embedding.weight", &path)
+        .unwrap();
+    for (k, t) in &sd.tensors {
+        assert_eq!(orig.tensors[k], *t, "{k}");
+    }
+    assert_eq!(sd.len() + 1, orig.len(), "all but logit_scale");
+    // An unexpected key is an error.
+    let mut extra = orig.clone();
+    extra.tensors.insert("text_model.surprise".into(), text2ct_models::RawTensor::new(vec![1], vec![0.0]));
+    let err = ClipTextEncoder::from_state_dict(&cfg, extra, &dev, &path).unwrap_err().to_string();
+    assert!(err.contains("unexpected") && err.contains("text_model.surprise"), "{err}");
+}
+
+#[test]
+fn text_encoder_trains_under_autodiff() {
+    let dev = Device::flex().autodiff();
+    let cfg = ClipTextConfig {
+        vocab_size: 50,
+        hidden_size: 16,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        max_position_embeddings: 8,
+        projection_dim: 8,
+        ..ClipTextConfig::default()
+    };
+    let enc = ClipTextEncoder::new(&cfg, 3, &dev).unwrap();
+    let ids = ClipTextEncoder::ids_tensor(&[vec![48, 3, 4, 49, 49], vec![48, 7, 49, 49, 49]], &dev);
+    let z = enc.encode(ids);
+    let loss =
+        clip_loss(z.clone(), z.clone().flip([0]), Tensor::from_data(TensorData::new(vec![2.6592f32], [1]), &dev));
+    let grads = loss.backward();
+    let g = enc.text_model.token_embedding.weight.grad(&grads).expect("gradient reaches the embeddings");
+    let gsum: f32 = g.abs().sum().into_scalar();
+    assert!(gsum.is_finite() && gsum > 0.0, "{gsum}");
+    let gp = enc.text_projection.weight.grad(&grads).expect("projection gradient");
+    assert!(gp.abs().sum().into_scalar::<f32>().is_finite());
+}
+
+#[test]
+fn clip_loss_matches_hand_computation() {
+    let dev = Device::flex();
+    let img = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.6, 0.8], [2, 2]), &dev);
+    let txt = Tensor::<2>::from_data(TensorData::new(vec![0.8f32, 0.6, 0.0, 1.0], [2, 2]), &dev);
+    let ls = 1.0f64;
+    let loss: f32 = clip_loss(img, txt, Tensor::from_data(TensorData::new(vec![ls as f32], [1]), &dev)).into_scalar();
+    // logits[t][i] = e * <txt_t, img_i>
+    let s = ls.exp();
+    let l = [[0.8 * s, (0.48 + 0.48) * s], [0.0, 0.8 * s]];
+    let ce = |row: [f64; 2], k: usize| -(row[k] - (row[0].exp() + row[1].exp()).ln());
+    let lt = (ce(l[0], 0) + ce(l[1], 1)) / 2.0;
+    let li = (ce([l[0][0], l[1][0]], 0) + ce([l[0][1], l[1][1]], 1)) / 2.0;
+    let want = (lt + li) / 2.0;
+    assert!((loss as f64 - want).abs() < 1e-5, "{loss} vs {want}");
+    // Clamp: logit_scale 10 acts as ln 100.
+    let a: f32 = clip_loss(
+        Tensor::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &dev),
+        Tensor::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &dev),
+        Tensor::from_data(TensorData::new(vec![10.0f32], [1]), &dev),
+    )
+    .into_scalar();
+    let want = -(100f64 - (100f64.exp() + 1.0).ln());
+    assert!((a as f64 - want).abs() < 1e-5, "{a} vs {want}");
+}
+
+fn ctvit_cfg() -> CtVitConfig {
+    serde_json::from_str(&std::fs::read_to_string(fixtures("ctvit/config.json")).unwrap()).unwrap()
+}
+
+fn clip3d_cfg() -> Clip3dConfig {
+    let text = ClipTextConfig::from_json_file(&fixtures("clip_text/config.json")).unwrap();
+    Clip3dConfig {
+        projection_dim: text.projection_dim,
+        text_config: text,
+        vision_config: ctvit_cfg(),
+        logit_scale_init_value: 2.6592,
+    }
+}
+
+fn input(dev: &Device) -> Tensor<5> {
+    let a = NpyArray::read(&fixtures("ctvit/input.npy")).unwrap();
+    let s: [usize; 5] = a.shape.clone().try_into().unwrap();
+    Tensor::from_data(TensorData::new(a.data, s), dev)
+}
+
+#[test]
+fn ctvit_and_clip3d_match_reference() {
+    let dev = Device::flex();
+    let dir = fixtures("ctvit");
+    let cfg = clip3d_cfg();
+    let clip = Clip3d::load(&cfg, &dir.join("clip3d.pt"), &dev).unwrap_or_else(|e| panic!("{e}"));
+    let v = clip.vision.as_ref().unwrap();
+    let x = input(&dev);
+    let tokens = v.vision_model.encode_tokens(v.vision_model.patch_embed(x.clone()));
+    let e_tok = rel_l2(tokens.clone(), &dir.join("tokens.npy"));
+    let (q, idx) = v.vision_model.quantize(tokens);
+    let want_idx = NpyArray::read(&dir.join("indices.npy")).unwrap();
+    let got_idx: Vec<i64> = idx.into_data().convert::<i64>().try_into_vec::<i64>().unwrap();
+    let same = got_idx.iter().zip(&want_idx.data).filter(|(a, b)| **a as f32 == **b).count();
+    let e_q = rel_l2(q, &dir.join("quantized.npy"));
+    let e_fwd = rel_l2(v.vision_model.forward(x.clone()), &dir.join("quantized.npy"));
+    let e_emb = rel_l2(clip.encode_volume(x).unwrap(), &dir.join("embed.npy"));
+    println!(
+        "ctvit: tokens rel L2 {e_tok:.3e}, codes {same}/{}, quantised {e_q:.3e}, embedding {e_emb:.3e}",
+        got_idx.len()
+    );
+    assert!(e_tok <= 1e-4, "tokens {e_tok}");
+    assert_eq!(same, got_idx.len(), "code indices");
+    assert!(e_q <= 1e-6 && e_fwd <= 1e-6 && e_emb <= 1e-4, "{e_q} {e_fwd} {e_emb}");
+    // The text half of the same checkpoint still matches.
+    let meta = text_meta();
+    let ids = case_ids(&meta, "short");
+    let e_txt =
+        rel_l2(clip.encode_text(ClipTextEncoder::ids_tensor(&ids, &dev)), &fixtures("clip_text/short_embed.npy"));
+    assert!(e_txt <= 1e-4, "{e_txt}");
+    assert!((clip.logit_scale.val().into_scalar::<f32>() - 2.6592f32).abs() < 1e-6);
+}
+
+#[test]
+fn clip3d_strict_keys_text_only_and_roundtrip() {
+    let dev = Device::flex();
+    let dir = fixtures("ctvit");
+    let cfg = clip3d_cfg();
+    let path = dir.join("clip3d.pt");
+    // Text-only loading skips the vision half; the model then refuses volumes.
+    let t = Clip3d::load_text_only(&cfg, &path, &dev).unwrap();
+    assert!(t.vision.is_none());
+    assert!(t.encode_volume(input(&dev)).unwrap_err().to_string().contains("vision half"));
+    // The text-only file cannot be loaded as a full CLIP3D: the vision keys are missing.
+    let err = Clip3d::load(&cfg, &fixtures("clip_text/clip_text.pt"), &dev).unwrap_err().to_string();
+    assert!(err.contains("missing") && err.contains("vision_model.vq._codebook.embed"), "{err}");
+    // Round trip of every tensor (including the unused ones and the buffers).
+    let clip = Clip3d::load(&cfg, &path, &dev).unwrap();
+    let sd = clip.to_state_dict().unwrap();
+    let orig = StateDict::read(&path)
+        .unwrap()
+        .select_by_anchor("text_model.embeddings.token_embedding.weight", &path)
+        .unwrap();
+    assert_eq!(sd.len(), orig.len());
+    for (k, t) in &orig.tensors {
+        assert_eq!(sd.tensors.get(k), Some(t), "{k}");
+    }
+    // Key spec of the vision half = the reference's key list.
+    let spec = cfg.vision_config.param_spec().unwrap();
+    let listed: Vec<String> = std::fs::read_to_string(dir.join("keys.txt"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("model.vision_model."))
+        .map(|l| l.to_string())
+        .collect();
+    let ours: Vec<String> = spec.iter().map(|(k, s)| format!("{k} {s:?}")).collect();
+    assert_eq!(ours.len(), listed.len());
+    for l in &listed {
+        assert!(ours.contains(l), "{l} not in our spec");
+    }
+    // Wrong input shape is an error, not a panic.
+    let bad = Tensor::<5>::zeros([1, 1, 32, 32, 8], &dev);
+    assert!(clip.encode_volume(bad).unwrap_err().to_string().contains("CT-ViT input"));
+}
+
+#[test]
+fn text2ct_configs_are_consistent() {
+    let c = Clip3dConfig::text2ct();
+    c.validate().unwrap();
+    assert_eq!(c.vision_config.embed_dim(), 786_432);
+    assert_eq!(c.vision_config.grid(), [8, 32, 32]);
+    assert_eq!(c.vision_config.ff_inner(), 2048);
+    assert_eq!(CtVitConfig::ct_clip().embed_dim(), 294_912);
+    let back = Clip3dConfig::from_json_str(&c.to_json()).unwrap();
+    assert_eq!(back, c);
+}

@@ -250,3 +250,16 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         ModelError::io(path, e)
     })
 }
+
+/// A numeric scalar stored in a PyTorch checkpoint's top-level dictionary as a plain Python
+/// `int`/`float` (a tensor scalar is read with the tensors instead), e.g. the `scale_factor` of
+/// MAISI / Text2CT U-Net checkpoints. `None` if the file is not a readable pickle, has no such
+/// key, or holds something else there.
+pub fn pytorch_scalar(path: &Path, key: &str) -> Option<f64> {
+    use pytorch_reader::PickleValue;
+    match pytorch_reader::PytorchReader::read_pickle_data(path, Some(key)).ok()? {
+        PickleValue::Float(f) => Some(f),
+        PickleValue::Int(i) => Some(i as f64),
+        _ => None,
+    }
+}

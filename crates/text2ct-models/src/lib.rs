@@ -8,9 +8,12 @@
 //! - [`weights`]: reading PyTorch / safetensors state dicts.
 //! - [`clip_text`], [`ctvit`], [`clip3d`]: Text2CT's 3D CLIP (CLIP text transformer, CT-ViT with
 //!   vector quantisation, the CLIP3D wrapper with strict checkpoint loading and the InfoNCE loss).
+//! - [`unet`]: MONAI's `DiffusionModelUNetMaisi` (Text2CT's latent diffusion U-Net), with the
+//!   attention / transformer pieces in [`attention`].
 //! - [`resnet2d`], [`resnet3d`]: evaluation backbones: torchvision / RadImageNet 2D ResNets and
 //!   MedicalNet / MONAI 3D ResNets (feature extractors for the FID), strict PyTorch-key loading.
 
+pub mod attention;
 pub mod blocks;
 pub mod clip3d;
 pub mod clip_text;
@@ -20,6 +23,7 @@ pub mod interp;
 pub mod resnet2d;
 pub mod resnet3d;
 pub mod sliding;
+pub mod unet;
 pub mod vae;
 pub mod weights;
 
@@ -31,5 +35,6 @@ pub use ctvit::{CtVit, CtVitConfig};
 pub use error::{ModelError, Result};
 /// `.npy` arrays come from the I/O crate (one implementation for the whole project).
 pub use text2ct_io::npy::NpyArray;
+pub use unet::{Unet, UnetCheckpoint, UnetCond, UnetConfig, UnetNet};
 pub use vae::{convert_to_safetensors, SlidingWindow, Vae, VaeConfig};
 pub use weights::{RawTensor, StateDict};

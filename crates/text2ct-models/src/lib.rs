@@ -6,17 +6,19 @@
 //! - [`interp`]: 3D interpolation burn lacks (trilinear x2, nearest repeat).
 //! - [`sliding`]: MONAI-compatible sliding-window inference.
 //! - [`weights`]: reading PyTorch / safetensors state dicts.
+//! - [`resnet2d`], [`resnet3d`]: evaluation backbones: torchvision / RadImageNet 2D ResNets and
+//!   MedicalNet / MONAI 3D ResNets (feature extractors for the FID), strict PyTorch-key loading;
+//!   [`ctnet`]: the CT-Net classifier (its penultimate features serve the phantom FID).
 //! - [`clip_text`], [`ctvit`], [`clip3d`]: Text2CT's 3D CLIP (CLIP text transformer, CT-ViT with
 //!   vector quantisation, the CLIP3D wrapper with strict checkpoint loading and the InfoNCE loss).
 //! - [`unet`]: MONAI's `DiffusionModelUNetMaisi` (Text2CT's latent diffusion U-Net), with the
 //!   attention / transformer pieces in [`attention`].
-//! - [`resnet2d`], [`resnet3d`]: evaluation backbones: torchvision / RadImageNet 2D ResNets and
-//!   MedicalNet / MONAI 3D ResNets (feature extractors for the FID), strict PyTorch-key loading.
 
 pub mod attention;
 pub mod blocks;
 pub mod clip3d;
 pub mod clip_text;
+pub mod ctnet;
 pub mod ctvit;
 pub mod error;
 pub mod interp;

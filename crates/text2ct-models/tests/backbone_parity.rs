@@ -45,7 +45,7 @@ fn compare(got: &[f32], want: &[f32]) -> (f64, f64) {
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32")
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32")
 }
 
 fn run_case(dir: &Path, case: &serde_json::Value, dev: &Device) -> (String, f64) {
@@ -72,7 +72,14 @@ fn run_case(dir: &Path, case: &serde_json::Value, dev: &Device) -> (String, f64)
                 Tensor::<5>::from_data(TensorData::new(data, [shape[0], shape[1], shape[2], shape[3], shape[4]]), dev);
             (to_vec(m.features(x).unwrap()), None)
         }
-        "ctnet" => return (name, 0.0),
+        "ctnet" => {
+            use text2ct_models::ctnet::{CtNet, CtNetConfig};
+            let cfg: CtNetConfig = serde_json::from_value(case["config"].clone()).expect("config");
+            let m = CtNet::load(&cfg, &weights, dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let x =
+                Tensor::<5>::from_data(TensorData::new(data, [shape[0], shape[1], shape[2], shape[3], shape[4]]), dev);
+            (to_vec(m.features(x.clone()).unwrap()), Some(to_vec(m.forward(x).unwrap())))
+        }
         other => panic!("unknown kind {other}"),
     };
     let (rel, max) = compare(&feats, &io.features);

@@ -37,6 +37,9 @@ enum Command {
     Schedule(cmd::schedule::ScheduleArgs),
     /// The MAISI 3D VAE: encode volumes to latents, decode latents to volumes, convert weights.
     Vae(cmd::vae::VaeArgs),
+    /// Train a model from a TOML config (`text2ct train vae --config configs/train_vae_phantom.toml`).
+    #[command(subcommand)]
+    Train(cmd::train::TrainCommand),
 }
 
 fn main() {
@@ -57,6 +60,7 @@ fn main() {
         Command::Schedule(a) => cmd::schedule::run(a),
         Command::Model(a) => cmd::model::run(a),
         Command::Vae(a) => cmd::vae::run(a),
+        Command::Train(c) => cmd::train::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

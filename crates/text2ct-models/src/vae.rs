@@ -596,6 +596,41 @@ impl Vae {
         mu + eps * sigma
     }
 
+    /// Training forward pass (MONAI `AutoencoderKlMaisi.forward` with the sampling noise given):
+    /// returns `(reconstruction, mu, sigma)` where the latent is `mu + eps * sigma`
+    /// (reparameterisation, differentiable in `mu` and `sigma`). `eps` must have the latent's
+    /// shape `[B, latent, X/f, Y/f, Z/f]`; an all-zero `eps` decodes the posterior mean.
+    /// Shapes are checked and reported as errors (no panic).
+    pub fn forward_train(&self, x: Tensor<5>, eps: Tensor<5>) -> Result<(Tensor<5>, Tensor<5>, Tensor<5>)> {
+        self.check_image_shape(x.dims())?;
+        let h = self.net.encoder.forward(x);
+        let mu = self.net.quant_conv_mu.forward(h.clone());
+        let log_var = self.net.quant_conv_log_sigma.forward(h).clamp(-30.0, 20.0);
+        let sigma = log_var.div_scalar(2.0).exp();
+        if eps.dims() != mu.dims() {
+            return Err(ModelError::Invalid(format!(
+                "forward_train: noise has shape {:?}, the latent {:?}",
+                eps.dims(),
+                mu.dims()
+            )));
+        }
+        let z = mu.clone() + eps * sigma.clone();
+        let recon = self.net.decoder.forward(self.net.post_quant_conv.forward(z));
+        Ok((recon, mu, sigma))
+    }
+
+    /// The latent shape `[B, latent, X/f, Y/f, Z/f]` for an image batch of shape `dims`
+    /// (each downsample halves, rounding down, as MONAI does).
+    pub fn latent_dims(&self, dims: [usize; 5]) -> [usize; 5] {
+        let mut out = [dims[0], self.config.latent_channels, dims[2], dims[3], dims[4]];
+        for _ in 1..self.config.num_channels.len() {
+            for d in out.iter_mut().skip(2) {
+                *d /= 2;
+            }
+        }
+        out
+    }
+
     /// Decode a latent `[B, latent, x, y, z]` to `[B, out_channels, f x, f y, f z]` (MONAI
     /// `decode_stage_2_outputs`: `post_quant_conv` then the decoder).
     ///

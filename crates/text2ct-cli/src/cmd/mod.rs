@@ -7,4 +7,5 @@ pub mod phantom;
 pub mod prepare;
 pub mod preview;
 pub mod schedule;
+pub mod train;
 pub mod vae;

@@ -1,0 +1,34 @@
+//! Training infrastructure of text2ct, and the VAE trainer.
+//!
+//! - [`config`]: TOML training configs (serde, unknown keys refused, defaults documented).
+//! - [`data`]: a seeded, exactly resumable loader over a prepared manifest (shuffled epochs,
+//!   random crops, flips), batches `[B, 1, X, Y, Z]` in [0, 1].
+//! - [`schedule`]: learning-rate schedules as burn [`LrScheduler`](burn::optim::lr_scheduler::LrScheduler)s
+//!   (polynomial decay, constant, cosine; linear warm-up), with checkpointable state.
+//! - [`checkpoint`]: atomic checkpoint folders and finding the latest one.
+//! - [`metrics`]: a JSONL log of step losses and its loss-curve PNG.
+//! - [`plot`]: legible line plots as PNG (plotters, vendored DejaVu Sans Mono).
+//! - [`params`]: deterministic parameter ids and generic parameter save/load (what makes
+//!   optimizer state survive a restart).
+//! - [`disc`]: a 3D PatchGAN discriminator.
+//! - [`vae`]: [`train_vae`](vae::train_vae): L1 + KL + gradient "perceptual" + patch adversarial.
+//!
+//! Progress is reported through a callback ([`progress::ProgressEvent`]) so front ends draw
+//! their own bars.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod disc;
+pub mod error;
+pub mod metrics;
+pub mod params;
+pub mod plot;
+pub mod progress;
+pub mod schedule;
+pub mod vae;
+
+pub use config::VaeTrainConfig;
+pub use error::{Result, TrainError};
+pub use progress::ProgressEvent;
+pub use vae::{train_vae, VaeSummary};

@@ -4,6 +4,7 @@
 pub mod card;
 pub mod error;
 pub mod output;
+pub mod pipeline;
 pub mod prompts;
 
 pub use card::ModelCard;

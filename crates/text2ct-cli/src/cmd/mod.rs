@@ -1,6 +1,9 @@
 //! One file per command.
 
+pub mod clip;
 pub mod demo;
+pub mod eval;
+pub mod generate;
 pub mod inspect;
 pub mod model;
 pub mod phantom;
@@ -8,4 +11,5 @@ pub mod prepare;
 pub mod preview;
 pub mod schedule;
 pub mod train;
+pub mod unet;
 pub mod vae;

@@ -1,0 +1,190 @@
+//! `text2ct generate`: report text in, CT volumes out.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use text2ct_generate::pipeline::Pipeline;
+use text2ct_generate::{jobs_for_prompt, jobs_from_csv, output, Shard};
+use text2ct_models::burn::prelude::{Device, Tensor, TensorData};
+use text2ct_models::NpyArray;
+
+use crate::util::parse_size;
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Model folder with a model.json card (default: $TEXT2CT_MODEL). For Text2CT's released
+    /// weights, put the three files in a folder and run `text2ct model init-release DIR`.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// One report to generate from, e.g. "Findings: … Impression: …".
+    #[arg(long, conflicts_with = "reports")]
+    pub prompt: Option<String>,
+    /// A CSV of reports: CT-RATE's (VolumeName, Findings_EN, Impressions_EN) or one with a
+    /// `prompt` column (and optionally `id`).
+    #[arg(long)]
+    pub reports: Option<PathBuf>,
+    /// Output folder: {id}_seed{S}.nii.gz (int16 HU), .png (preview), .json (sidecar).
+    #[arg(long, default_value = "out/generated")]
+    pub out: PathBuf,
+    /// Sampling steps (default from the card; the release uses 30).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale w (default from the card; the release uses 5).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Base seed. Volume k of row r gets seed + r * count + k, whatever the sharding; seed 0 is
+    /// an ordinary seed (not "random").
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Volumes per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Generate only rows r with r mod N == I (0-based), e.g. --shard $SLURM_ARRAY_TASK_ID/16.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Output size X,Y,Z (default from the card).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// rflow, ddpm or ddim (default from the card).
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Rectified flow without the release's float16 timestep rounding and next-step truncation.
+    #[arg(long)]
+    pub exact: bool,
+    /// Start from this noise (.npy, [1, C, X/4, Y/4, Z/4]) instead of the seeded noise, to
+    /// reproduce a reference run exactly (single volume only).
+    #[arg(long)]
+    pub noise: Option<PathBuf>,
+    /// Device: cpu (the pure-Rust flex backend; the only one in this build).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Regenerate volumes whose sidecar already exists (default: skip them, so a killed job
+    /// can simply be restarted).
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let device = match a.device.as_str() {
+        "cpu" => Device::flex(),
+        other => bail!("device {other:?} is not available in this build (cpu only; GPU backends are build features)"),
+    };
+    let model = match a.model.clone().or_else(|| std::env::var_os("TEXT2CT_MODEL").map(PathBuf::from)) {
+        Some(m) => m,
+        None => bail!(
+            "no model given: pass --model DIR (or set TEXT2CT_MODEL). For Text2CT's released weights put the three \
+             .pt files in a folder and run `text2ct model init-release DIR`."
+        ),
+    };
+    if a.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let shard = match &a.shard {
+        Some(s) => Shard::parse(s)?,
+        None => Shard::ALL,
+    };
+    let jobs = match (&a.prompt, &a.reports) {
+        (Some(p), None) => {
+            if shard != Shard::ALL {
+                bail!("--shard applies to --reports, not to a single --prompt");
+            }
+            jobs_for_prompt(p, a.count, a.seed)?
+        }
+        (None, Some(csv)) => jobs_from_csv(csv, a.count, a.seed, shard)?,
+        _ => bail!("give --prompt \"…\" or --reports CSV"),
+    };
+    if a.noise.is_some() && jobs.len() != 1 {
+        bail!("--noise reproduces one volume: use it with one prompt and --count 1");
+    }
+    eprintln!("loading {} …", model.display());
+    let p = Pipeline::load(&model, &device).with_context(|| format!("loading the model in {}", model.display()))?;
+    let mut opts = p.default_options();
+    if let Some(s) = a.steps {
+        opts.steps = s;
+    }
+    if let Some(g) = a.guidance {
+        if !g.is_finite() {
+            bail!("--guidance must be a finite number");
+        }
+        opts.guidance = g;
+    }
+    if let Some(s) = &a.sampler {
+        opts.sampler = s.clone();
+    }
+    opts.exact |= a.exact;
+    if let Some(s) = &a.size {
+        opts.size = parse_size(s)?;
+    }
+    if opts.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let latent = p.check_size(opts.size)?;
+    let noise = match &a.noise {
+        Some(path) => {
+            let n = NpyArray::read(path)?;
+            let want = vec![1, p.unet.config.in_channels, latent[0], latent[1], latent[2]];
+            if n.shape != want {
+                bail!("{}: noise has shape {:?}, expected {want:?}", path.display(), n.shape);
+            }
+            Some(Tensor::<5>::from_data(
+                TensorData::new(n.data, [want[0], want[1], want[2], want[3], want[4]]),
+                &device,
+            ))
+        }
+        None => None,
+    };
+    eprintln!(
+        "model {} ({}); sampler {} {} steps, guidance {}, output {:?} at {:?} mm; scale factor {} ({})",
+        p.card.name,
+        p.card.trained_on,
+        opts.sampler,
+        opts.steps,
+        opts.guidance,
+        opts.size,
+        p.card.output.spacing,
+        p.scale_factor,
+        p.scale_factor_source
+    );
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mp = MultiProgress::new();
+    let style = |t: &str| ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar());
+    let vols = mp.add(ProgressBar::new(jobs.len() as u64));
+    vols.set_style(style("{msg:>8} [{bar:30.cyan/blue}] {pos}/{len} volumes (eta {eta})"));
+    vols.set_message("generate");
+    let steps = mp.add(ProgressBar::new(opts.steps as u64));
+    steps.set_style(style("{msg:>8} [{bar:30.green/white}] step {pos}/{len} ({per_sec})"));
+    steps.set_message("sampling");
+    let (mut done, mut skipped) = (0, 0);
+    let mut noise = noise;
+    for job in &jobs {
+        if !a.overwrite && output::is_done(&a.out, job) {
+            skipped += 1;
+            vols.inc(1);
+            continue;
+        }
+        steps.reset();
+        let sc = p.run_job(job, &opts, &a.out, noise.take(), &mut |i, n| {
+            steps.set_length(n as u64);
+            steps.set_position(i as u64);
+        })?;
+        if sc.prompt_truncated {
+            mp.suspend(|| eprintln!("warning: the prompt of {} was longer than 512 tokens and was truncated", job.id));
+        }
+        mp.suspend(|| {
+            println!(
+                "{} (seed {}): sampling {:.1} s, decoding {:.1} s",
+                a.out.join(format!("{}.nii.gz", job.stem())).display(),
+                job.seed,
+                sc.timings_s.sampling,
+                sc.timings_s.decoding
+            )
+        });
+        done += 1;
+        vols.inc(1);
+    }
+    steps.finish_and_clear();
+    vols.finish_and_clear();
+    println!("generated {done} volume(s), {skipped} already present, in {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! `text2ct generate` through the binary on the tiny released-layout model.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../text2ct-generate/fixtures/release_tiny")
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_text2ct")).args(args).env_remove("TEXT2CT_MODEL").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!err.contains("panicked"), "{err}");
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string(), err)
+}
+
+#[test]
+fn generate_from_reports_with_shards_and_resume() {
+    let d = std::env::temp_dir().join(format!("text2ct-cli-gen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let csv = d.join("reports.csv");
+    std::fs::write(
+        &csv,
+        "VolumeName,ClinicalInformation_EN,Technique_EN,Findings_EN,Impressions_EN\n\
+         valid_1_a_1.nii.gz,c,t,Right pleural effusion.,Effusion.\n\
+         valid_2_a_1.nii.gz,c,t,Normal lungs.,No acute finding.\n\
+         valid_3_a_1.nii.gz,c,t,Emphysema.,Emphysema.\n",
+    )
+    .unwrap();
+    let m = model();
+    let out = d.join("out");
+    let (ms, os) = (m.to_str().unwrap(), out.to_str().unwrap());
+    for shard in ["0/2", "1/2"] {
+        let (ok, stdout, err) = run(&[
+            "generate",
+            "--model",
+            ms,
+            "--reports",
+            csv.to_str().unwrap(),
+            "--out",
+            os,
+            "--steps",
+            "2",
+            "--seed",
+            "5",
+            "--shard",
+            shard,
+        ]);
+        assert!(ok, "{err}");
+        assert!(stdout.contains("generated"), "{stdout}");
+    }
+    // Rows 0, 1, 2 with seeds 5, 6, 7 whatever the shard.
+    for (id, seed) in [("valid_1_a_1", 5), ("valid_2_a_1", 6), ("valid_3_a_1", 7)] {
+        for ext in ["nii.gz", "png", "json"] {
+            assert!(out.join(format!("{id}_seed{seed}.{ext}")).is_file(), "{id} {ext}");
+        }
+    }
+    let sc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("valid_1_a_1_seed5.json")).unwrap()).unwrap();
+    assert_eq!(sc["prompt"], "Findings: Right pleural effusion. Impression: Effusion.");
+    assert_eq!(sc["steps"], 2);
+    assert_eq!(sc["orientation"], "RAS");
+    // Resume: nothing left to do.
+    let (ok, stdout, _) = run(&[
+        "generate",
+        "--model",
+        ms,
+        "--reports",
+        csv.to_str().unwrap(),
+        "--out",
+        os,
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+    ]);
+    assert!(ok && stdout.contains("generated 0 volume(s), 3 already present"), "{stdout}");
+    // The same seed gives the same volume.
+    let a = std::fs::read(out.join("valid_2_a_1_seed6.nii.gz")).unwrap();
+    let (ok, _, err) = run(&[
+        "generate",
+        "--model",
+        ms,
+        "--prompt",
+        "Findings: Normal lungs. Impression: No acute finding.",
+        "--out",
+        d.join("p").to_str().unwrap(),
+        "--steps",
+        "2",
+        "--seed",
+        "6",
+    ]);
+    assert!(ok, "{err}");
+    let b = std::fs::read(d.join("p/prompt_seed6.nii.gz")).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn generate_bad_input() {
+    let m = model();
+    let ms = m.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["generate", "--prompt", "x"], "--model"),
+        (&["generate", "--model", "/nonexistent", "--prompt", "x"], "model.json"),
+        (&["generate", "--model", ms], "--prompt"),
+        (&["generate", "--model", ms, "--prompt", "   "], "empty"),
+        (&["generate", "--model", ms, "--prompt", "x", "--size", "30,32,16"], "multiples"),
+        (&["generate", "--model", ms, "--prompt", "x", "--shard", "0/2"], "--shard"),
+        (&["generate", "--model", ms, "--prompt", "x", "--device", "cuda"], "cuda"),
+        (&["generate", "--model", ms, "--prompt", "x", "--sampler", "euler", "--steps", "1"], "euler"),
+    ];
+    for (args, want) in cases {
+        let (ok, _, err) = run(args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -1,8 +1,6 @@
 //! One file per command.
 
-pub mod clip;
 pub mod demo;
-pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod model;
@@ -11,5 +9,4 @@ pub mod prepare;
 pub mod preview;
 pub mod schedule;
 pub mod train;
-pub mod unet;
 pub mod vae;

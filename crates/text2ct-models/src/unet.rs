@@ -222,7 +222,10 @@ impl UnetConfig {
     /// Read a JSON config file (see [`UnetConfig::from_json_str`]).
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let s = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        Self::from_json_str(&s).map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
+        Self::from_json_str(&s).map_err(|e| match e {
+            ModelError::Config(m) => ModelError::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
     }
 
     /// Refuse configurations MONAI refuses and options this port does not implement.

@@ -9,4 +9,5 @@ pub mod prepare;
 pub mod preview;
 pub mod schedule;
 pub mod train;
+pub mod unet;
 pub mod vae;

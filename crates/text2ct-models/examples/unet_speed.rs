@@ -1,0 +1,163 @@
+//! Time one forward pass of the full-width Text2CT U-Net (217.7M parameters, seeded random
+//! weights) on the CPU (`flex`) backend, with a breakdown of where the time goes.
+//!
+//! `cargo run --release -p text2ct-models --example unet_speed -- [X,Y,Z] [repeats]`
+//! (default latent 16,16,8, i.e. input [1, 4, 16, 16, 8]; context [1, 1, 768], class label 1,
+//! spacing [75, 75, 300], t = 500). Compare with `fixtures/time_monai_unet.py` on the same input and
+//! thread count. Peak memory: run it under `/usr/bin/time -v`.
+//!
+//! The breakdown re-runs the network block by block (same arithmetic as `forward_cond`) and
+//! times each ResBlock (3D convolutions + GroupNorm) and each SpatialTransformer, and inside the
+//! transformers the self-attention, cross-attention and GEGLU feed-forward.
+
+use std::time::Instant;
+
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use text2ct_models::attention::SpatialTransformer;
+use text2ct_models::unet::UnetResBlock;
+use text2ct_models::{Unet, UnetCond, UnetConfig};
+
+fn sync<const D: usize>(t: &Tensor<D>) {
+    let _ = t.clone().into_data();
+}
+
+#[derive(Default)]
+struct Times {
+    res: f64,
+    st_total: f64,
+    st_attn1: f64,
+    st_attn2: f64,
+    st_ff: f64,
+}
+
+fn res(t: &mut Times, r: &UnetResBlock, h: Tensor<5>, emb: &Tensor<2>) -> Tensor<5> {
+    let s = Instant::now();
+    let y = r.forward(h, emb);
+    sync(&y);
+    t.res += s.elapsed().as_secs_f64();
+    y
+}
+
+fn st(t: &mut Times, a: &SpatialTransformer, h: Tensor<5>, ctx: &Tensor<3>) -> Tensor<5> {
+    // The same computation as SpatialTransformer::forward, timed piece by piece.
+    let s = Instant::now();
+    let [b, _, x, y, z] = h.dims();
+    let p = a.proj_in.forward(a.norm.forward(h.clone()));
+    let inner = p.dims()[1];
+    let mut tok: Tensor<3> = p.permute([0, 2, 3, 4, 1]).reshape([b, x * y * z, inner]);
+    for blk in &a.transformer_blocks {
+        let s1 = Instant::now();
+        let n1 = blk.norm1.forward(tok.clone());
+        tok = blk.attn1.forward(n1.clone(), n1) + tok;
+        sync(&tok);
+        t.st_attn1 += s1.elapsed().as_secs_f64();
+        let s2 = Instant::now();
+        tok = blk.attn2.forward(blk.norm2.forward(tok.clone()), ctx.clone()) + tok;
+        sync(&tok);
+        t.st_attn2 += s2.elapsed().as_secs_f64();
+        let s3 = Instant::now();
+        tok = blk.ff.forward(blk.norm3.forward(tok.clone())) + tok;
+        sync(&tok);
+        t.st_ff += s3.elapsed().as_secs_f64();
+    }
+    let v: Tensor<5> = tok.reshape([b, x, y, z, inner]).permute([0, 4, 1, 2, 3]);
+    let out = a.proj_out.forward(v) + h;
+    sync(&out);
+    t.st_total += s.elapsed().as_secs_f64();
+    out
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let size: [usize; 3] = match args.next() {
+        Some(a) => {
+            let v: Vec<usize> = a.split(',').map(|s| s.trim().parse().expect("latent size X,Y,Z")).collect();
+            [v[0], v[1], v[2]]
+        }
+        None => [16, 16, 8],
+    };
+    let repeats: usize = args.next().map(|r| r.parse().expect("repeats")).unwrap_or(2);
+    let dev = Device::flex();
+    let cfg = UnetConfig::text2ct();
+    let t0 = Instant::now();
+    let unet = Unet::new(&cfg, 0, &dev).expect("init");
+    println!(
+        "threads: {}; init {:.2} s; params {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        t0.elapsed().as_secs_f64(),
+        cfg.num_params().expect("spec")
+    );
+    let [x, y, z] = size;
+    let n = 4 * x * y * z;
+    let data: Vec<f32> = (0..n).map(|i| (((i * 2654435761usize) % 2000) as f32 / 1000.0) - 1.0).collect();
+    let lat = Tensor::<5>::from_data(TensorData::new(data, [1, 4, x, y, z]), &dev);
+    let ctx: Vec<f32> = (0..768).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let ctx = Tensor::<3>::from_data(TensorData::new(ctx, [1, 1, 768]), &dev);
+    let cond = UnetCond {
+        context: Some(ctx.clone()),
+        class_labels: Some(Tensor::<1, Int>::from_data(TensorData::new(vec![1i64], [1]), &dev)),
+        spacing: Some(Tensor::<2>::from_data(TensorData::new(vec![75.0f32, 75.0, 300.0], [1, 3]), &dev)),
+        ..Default::default()
+    };
+    let t = Tensor::<1>::from_data(TensorData::new(vec![500.0f32], [1]), &dev);
+    for i in 0..repeats {
+        let s = Instant::now();
+        let out = unet.forward_cond(lat.clone(), t.clone(), &cond).expect("forward");
+        sync(&out);
+        println!("forward {i}: {:.3} s -> {:?}", s.elapsed().as_secs_f64(), out.dims());
+    }
+
+    // Breakdown.
+    let net = &unet.net;
+    let mut tm = Times::default();
+    let s_all = Instant::now();
+    let emb = silu(net.embedding(t, &cond));
+    let mut h = net.conv_in.forward(lat);
+    let mut skips = vec![h.clone()];
+    for db in &net.down_blocks {
+        for (j, r) in db.resnets.iter().enumerate() {
+            h = res(&mut tm, r, h, &emb);
+            if let Some(a) = db.attentions.get(j) {
+                h = st(&mut tm, a, h, &ctx);
+            }
+            skips.push(h.clone());
+        }
+        if let Some(d) = &db.downsampler {
+            h = res(&mut tm, d, h, &emb);
+            skips.push(h.clone());
+        }
+    }
+    h = res(&mut tm, &net.middle_block.resnet_1, h, &emb);
+    h = st(&mut tm, &net.middle_block.attention, h, &ctx);
+    h = res(&mut tm, &net.middle_block.resnet_2, h, &emb);
+    for ub in &net.up_blocks {
+        for (j, r) in ub.resnets.iter().enumerate() {
+            let sk = skips.pop().expect("skip");
+            h = res(&mut tm, r, Tensor::cat(vec![h, sk], 1), &emb);
+            if let Some(a) = ub.attentions.get(j) {
+                h = st(&mut tm, a, h, &ctx);
+            }
+        }
+        if let Some(u) = &ub.upsampler {
+            h = res(&mut tm, u, h, &emb);
+        }
+    }
+    let out = net.out_conv.forward(silu(net.out_norm.forward(h)));
+    sync(&out);
+    let total = s_all.elapsed().as_secs_f64();
+    println!(
+        "breakdown (one instrumented forward, {total:.3} s): ResBlocks (conv3d+GN) {:.3} s ({:.0}%), \
+         SpatialTransformers {:.3} s ({:.0}%) [self-attn {:.3} s, cross-attn {:.3} s, GEGLU ff {:.3} s, \
+         GN+proj+reshape {:.3} s], rest {:.3} s",
+        tm.res,
+        100.0 * tm.res / total,
+        tm.st_total,
+        100.0 * tm.st_total / total,
+        tm.st_attn1,
+        tm.st_attn2,
+        tm.st_ff,
+        tm.st_total - tm.st_attn1 - tm.st_attn2 - tm.st_ff,
+        total - tm.res - tm.st_total
+    );
+}

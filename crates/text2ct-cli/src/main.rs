@@ -23,6 +23,9 @@ enum Command {
     /// Run the end-to-end demo on the embedded default: make a small phantom data set, prepare
     /// it as CT-RATE is prepared, and write previews.
     Demo(cmd::demo::DemoArgs),
+    /// Evaluate generated volumes: FID (2.5D / 3D) between a real and a generated set.
+    #[command(subcommand)]
+    Eval(cmd::eval::EvalCommand),
     /// Write a procedural chest-CT phantom data set (volumes, reports, the 18 CT-RATE labels,
     /// metadata) in CT-RATE's own layout.
     Phantom(cmd::phantom::PhantomArgs),
@@ -42,6 +45,8 @@ enum Command {
     Vae(cmd::vae::VaeArgs),
     /// The latent diffusion U-Net (MONAI DiffusionModelUNetMaisi): one forward pass on .npy inputs.
     Unet(cmd::unet::UnetArgs),
+    /// Text2CT's 3D CLIP: embed report texts (what conditions the U-Net) or CT volumes.
+    Clip(cmd::clip::ClipArgs),
     /// Train a model from a TOML config (`text2ct train vae --config configs/train_vae_phantom.toml`).
     #[command(subcommand)]
     Train(cmd::train::TrainCommand),
@@ -58,6 +63,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Phantom(a) => cmd::phantom::run(a),
         Command::Prepare(a) => cmd::prepare::run(a),
@@ -67,6 +73,7 @@ fn main() {
         Command::Model(a) => cmd::model::run(a),
         Command::Vae(a) => cmd::vae::run(a),
         Command::Unet(a) => cmd::unet::run(a),
+        Command::Clip(a) => cmd::clip::run(a),
         Command::Train(c) => cmd::train::run(c),
     };
     if let Err(e) = result {

@@ -3,10 +3,13 @@
 //! * [`frechet`]: Fréchet distance and feature statistics (float64, robust for singular covariances).
 //! * [`linalg`]: the small dense linear-algebra kernels behind it.
 //! * [`classification`]: ROC AUC (ties), average precision, precision at a threshold, macro/weighted averages.
+//! * [`fid`]: the FID pipeline: MAISI's 2.5D protocol and a 3D protocol over volume sets, with the
+//!   backbones of text2ct-models; JSON / Markdown reports.
 //! * [`retrieval`]: Recall@K, MAP@K, and CT-CLIP's volume-to-volume computation.
 
 pub mod classification;
 pub mod error;
+pub mod fid;
 pub mod frechet;
 pub mod linalg;
 pub mod retrieval;

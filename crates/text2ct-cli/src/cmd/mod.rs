@@ -1,6 +1,8 @@
 //! One file per command.
 
+pub mod clip;
 pub mod demo;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod model;

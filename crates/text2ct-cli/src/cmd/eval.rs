@@ -1,0 +1,160 @@
+//! `text2ct eval`: evaluation of generated volumes. `eval fid`: FID between a real and a fake
+//! set (MAISI's 2.5D protocol and/or a 3D protocol), written as `fid.json` and `fid.md`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use text2ct_eval::fid::{self, FidReport, Plane, Protocol25d, VolumeSet};
+use text2ct_models::burn::tensor::Device;
+
+use crate::util::parse_size;
+
+#[derive(clap::Subcommand)]
+pub enum EvalCommand {
+    /// Fréchet distance between two volume sets: 2.5D (a 2D backbone on every axial, coronal and
+    /// sagittal slice; MAISI's protocol) and/or 3D (a 3D backbone on whole volumes). A set is a
+    /// folder of NIfTI files (searched recursively), a prepared data set (folder with
+    /// manifest.jsonl) or a manifest.jsonl. See docs/evaluation/fid.md.
+    Fid(FidArgs),
+}
+
+#[derive(clap::Args)]
+pub struct FidArgs {
+    /// The reference set.
+    #[arg(long)]
+    pub real: PathBuf,
+    /// The generated set.
+    #[arg(long)]
+    pub fake: PathBuf,
+    /// Backbone name, repeatable (one 2D and one 3D for --mode both): resnet50-2d, resnet18-2d
+    /// (torchvision or RadImageNet weights), medicalnet-resnet10/18/34/50, ctnet.
+    #[arg(long, required = true)]
+    pub backbone: Vec<String>,
+    /// Weights file for each --backbone, in the same order (.pt/.pth/.safetensors).
+    #[arg(long, required = true)]
+    pub weights: Vec<PathBuf>,
+    /// Optional JSON architecture for each --backbone (the model's config), in the same order;
+    /// by default the preset of the name (ctnet: read off the weights).
+    #[arg(long)]
+    pub backbone_config: Vec<PathBuf>,
+    /// 2.5d, 3d or both (default: what the backbones allow).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Planes of the 2.5D FID.
+    #[arg(long, default_value = "axial,coronal,sagittal")]
+    pub planes: String,
+    /// Fraction of central slices per plane in (0, 1] (MAISI's example: 0.4).
+    #[arg(long, default_value_t = 1.0)]
+    pub center_fraction: f64,
+    /// Pad (-1000 HU) / centre-crop every volume to X,Y,Z voxels first (default: keep; ctnet:
+    /// its input size).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Slices per forward pass of the 2D backbone.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Output folder for fid.json and fid.md.
+    #[arg(long, default_value = "fid")]
+    pub out: PathBuf,
+}
+
+pub fn run(cmd: EvalCommand) -> Result<()> {
+    match cmd {
+        EvalCommand::Fid(a) => run_fid(a),
+    }
+}
+
+fn run_fid(a: FidArgs) -> Result<()> {
+    if a.backbone.len() != a.weights.len() {
+        bail!("give one --weights per --backbone ({} backbones, {} weights)", a.backbone.len(), a.weights.len());
+    }
+    if !a.backbone_config.is_empty() && a.backbone_config.len() != a.backbone.len() {
+        bail!("give one --backbone-config per --backbone, or none");
+    }
+    let size = a.size.as_deref().map(parse_size).transpose()?;
+    let planes =
+        a.planes.split(',').filter(|s| !s.trim().is_empty()).map(Plane::parse).collect::<Result<Vec<_>, _>>()?;
+    if !(a.center_fraction > 0.0 && a.center_fraction <= 1.0) {
+        bail!("--center-fraction must be in (0, 1], got {}", a.center_fraction);
+    }
+    if a.batch == 0 {
+        bail!("--batch must be positive");
+    }
+    let real = VolumeSet::open(&a.real).context("--real")?;
+    let fake = VolumeSet::open(&a.fake).context("--fake")?;
+    for (what, s) in [("--real", &real), ("--fake", &fake)] {
+        if s.len() < 2 {
+            bail!("{what} {}: {} volume(s); an FID needs at least 2 per set", s.path.display(), s.len());
+        }
+    }
+    let dev = Device::flex();
+    let mut backbones = Vec::new();
+    for (i, (name, w)) in a.backbone.iter().zip(&a.weights).enumerate() {
+        let cfg = a.backbone_config.get(i).map(|p| p.as_path());
+        let ctnet_size = size.map(|s| [s[1], s[0]]);
+        let b = fid::load_backbone(name, w, cfg, ctnet_size, &dev).with_context(|| format!("backbone {name}"))?;
+        eprintln!(
+            "backbone {name}: {} layout, {}-d features, sha256 {}",
+            b.info.layout, b.info.feature_dim, b.info.weights_sha256
+        );
+        backbones.push(b);
+    }
+    let n2d = backbones.iter().filter(|b| b.is_2d()).count();
+    let n3d = backbones.len() - n2d;
+    let mode = match a.mode.as_deref() {
+        Some(m) => m.to_ascii_lowercase(),
+        None if n2d > 0 && n3d > 0 => "both".into(),
+        None if n2d > 0 => "2.5d".into(),
+        None => "3d".into(),
+    };
+    let (want2d, want3d) = match mode.as_str() {
+        "2.5d" | "25d" | "2d" => (true, false),
+        "3d" => (false, true),
+        "both" => (true, true),
+        m => bail!("--mode must be 2.5d, 3d or both, got {m:?}"),
+    };
+    if want2d && n2d == 0 {
+        bail!("--mode {mode} needs a 2D backbone (resnet50-2d or resnet18-2d)");
+    }
+    if want3d && n3d == 0 {
+        bail!("--mode {mode} needs a 3D backbone (medicalnet-resnet10/18/34/50 or ctnet)");
+    }
+    if !want2d && n2d > 0 || !want3d && n3d > 0 {
+        bail!("--mode {mode} does not use every --backbone given");
+    }
+    let mut report = FidReport::new(&real, &fake);
+    let total = real.len() + fake.len();
+    for b in &backbones {
+        let mut done = 0usize;
+        let pb = crate::util::progress(total as u64, &b.info.name);
+        let mut progress = |_: &str, _: usize, _: usize| {
+            done += 1;
+            pb.set_position(done as u64);
+        };
+        let run = if b.is_2d() {
+            let proto = Protocol25d {
+                planes: planes.clone(),
+                size,
+                center_fraction: a.center_fraction,
+                batch: a.batch,
+                ..Default::default()
+            };
+            fid::fid_25d(&real, &fake, b, &proto, &mut progress)
+        } else {
+            fid::fid_3d(&real, &fake, b, size, &mut progress)
+        }
+        .with_context(|| format!("FID with {}", b.info.name))?;
+        pb.finish_and_clear();
+        println!("{} FID ({}): {:.6}", run.mode, b.info.name, run.fid);
+        for p in &run.planes {
+            println!("  {:<9} {:.6}", p.plane.name(), p.fid);
+        }
+        report.runs.push(run);
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    text2ct_io::error::atomic_write_bytes(&a.out.join("fid.json"), json.as_bytes())?;
+    text2ct_io::error::atomic_write_bytes(&a.out.join("fid.md"), report.to_markdown().as_bytes())?;
+    println!("wrote {} and {}", a.out.join("fid.json").display(), a.out.join("fid.md").display());
+    Ok(())
+}

@@ -45,8 +45,6 @@ enum Command {
     Vae(cmd::vae::VaeArgs),
     /// The latent diffusion U-Net (MONAI DiffusionModelUNetMaisi): one forward pass on .npy inputs.
     Unet(cmd::unet::UnetArgs),
-    /// Text2CT's 3D CLIP: embed report texts (what conditions the U-Net) or CT volumes.
-    Clip(cmd::clip::ClipArgs),
     /// Train a model from a TOML config (`text2ct train vae --config configs/train_vae_phantom.toml`).
     #[command(subcommand)]
     Train(cmd::train::TrainCommand),
@@ -73,7 +71,6 @@ fn main() {
         Command::Model(a) => cmd::model::run(a),
         Command::Vae(a) => cmd::vae::run(a),
         Command::Unet(a) => cmd::unet::run(a),
-        Command::Clip(a) => cmd::clip::run(a),
         Command::Train(c) => cmd::train::run(c),
     };
     if let Err(e) = result {

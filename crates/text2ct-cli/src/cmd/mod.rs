@@ -1,6 +1,5 @@
 //! One file per command.
 
-pub mod clip;
 pub mod demo;
 pub mod eval;
 pub mod generate;

@@ -43,6 +43,8 @@ enum Command {
     Schedule(cmd::schedule::ScheduleArgs),
     /// The MAISI 3D VAE: encode volumes to latents, decode latents to volumes, convert weights.
     Vae(cmd::vae::VaeArgs),
+    /// Text2CT's 3D CLIP: embed report texts (what conditions the U-Net) or CT volumes.
+    Clip(cmd::clip::ClipArgs),
     /// The latent diffusion U-Net (MONAI DiffusionModelUNetMaisi): one forward pass on .npy inputs.
     Unet(cmd::unet::UnetArgs),
     /// Train a model from a TOML config (`text2ct train vae --config configs/train_vae_phantom.toml`).
@@ -70,6 +72,7 @@ fn main() {
         Command::Schedule(a) => cmd::schedule::run(a),
         Command::Model(a) => cmd::model::run(a),
         Command::Vae(a) => cmd::vae::run(a),
+        Command::Clip(a) => cmd::clip::run(a),
         Command::Unet(a) => cmd::unet::run(a),
         Command::Train(c) => cmd::train::run(c),
     };

@@ -132,7 +132,7 @@ impl ClipTextConfig {
         if self.max_position_embeddings == 0 {
             return bad("max_position_embeddings must be positive".into());
         }
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

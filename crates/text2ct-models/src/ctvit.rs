@@ -131,10 +131,10 @@ impl CtVitConfig {
                 return bad(format!("vision {n} must be positive"));
             }
         }
-        if !self.image_size.is_multiple_of(self.patch_size) {
+        if self.image_size % self.patch_size != 0 {
             return bad(format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size));
         }
-        if !self.input_depth.is_multiple_of(self.temporal_patch_size) {
+        if self.input_depth % self.temporal_patch_size != 0 {
             return bad(format!(
                 "input_depth {} is not a multiple of temporal_patch_size {}",
                 self.input_depth, self.temporal_patch_size

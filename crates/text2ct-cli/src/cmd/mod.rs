@@ -1,5 +1,6 @@
 //! One file per command.
 
+pub mod clip;
 pub mod demo;
 pub mod eval;
 pub mod generate;

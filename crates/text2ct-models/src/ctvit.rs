@@ -540,6 +540,13 @@ impl CtVit {
         }
     }
 
+    /// Build from any parameter source (fresh: [`crate::blocks::InitSource`]; a state dict
+    /// without prefix: [`crate::blocks::StateDictSource`], then call its `finish`).
+    pub fn build_from(cfg: &CtVitConfig, src: &mut dyn ParamSource, dev: &Device) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Self::build(cfg, src, dev))
+    }
+
     /// Expected input shape `[C, ., ., .]` (without the batch).
     pub fn input_shape(&self) -> [usize; 4] {
         let [t, h, w] = self.grid;

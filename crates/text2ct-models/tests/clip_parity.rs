@@ -270,3 +270,37 @@ fn text2ct_configs_are_consistent() {
     let back = Clip3dConfig::from_json_str(&c.to_json()).unwrap();
     assert_eq!(back, c);
 }
+
+/// Full Text2CT sizes on random weights: shapes and CPU time (no reference numbers).
+/// `cargo test --release -p text2ct-models --test clip_parity -- --ignored --nocapture`
+#[test]
+#[ignore = "full-size networks (~170 M parameters without the 600 M visual projection); ~1 min on 2 cores"]
+fn full_size_text_and_ctvit_run() {
+    let dev = Device::flex();
+    let t = std::time::Instant::now();
+    let enc = ClipTextEncoder::new(&ClipTextConfig::text2ct(), 0, &dev).unwrap();
+    let tok: Vec<Vec<u32>> = vec![(0..512)
+        .map(|i| {
+            if i == 0 {
+                49406
+            } else if i < 300 {
+                320 + i
+            } else {
+                49407
+            }
+        })
+        .collect()];
+    println!("text encoder built in {:.1} s", t.elapsed().as_secs_f64());
+    let t = std::time::Instant::now();
+    let z = enc.encode_ids(&tok).unwrap();
+    assert_eq!(z.dims(), [1, 768]);
+    println!("text encoder: 1 x 512 tokens in {:.2} s", t.elapsed().as_secs_f64());
+    let cfg = CtVitConfig::text2ct();
+    let mut src = text2ct_models::blocks::InitSource::new(1);
+    let vit = text2ct_models::ctvit::CtVit::build_from(&cfg, &mut src, &dev).unwrap();
+    let x = Tensor::<5>::random([1, 1, 512, 512, 128], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
+    let t = std::time::Instant::now();
+    let q = vit.forward(x);
+    assert_eq!(q.dims(), [1, 8, 32, 32, 768]);
+    println!("CT-ViT: 512x512x128 -> {:?} in {:.1} s", q.dims(), t.elapsed().as_secs_f64());
+}

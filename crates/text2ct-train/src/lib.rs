@@ -11,6 +11,8 @@
 //! - [`params`]: deterministic parameter ids and generic parameter save/load (what makes
 //!   optimizer state survive a restart).
 //! - [`disc`]: a 3D PatchGAN discriminator.
+//! - [`ldm`]: [`train_ldm`](ldm::train_ldm): latent diffusion (rectified flow L1 / DDPM L2) with
+//!   cached VAE latents and text embeddings, exported as a `text2ct generate` model folder.
 //! - [`vae`]: [`train_vae`](vae::train_vae): L1 + KL + gradient "perceptual" + patch adversarial.
 //!
 //! Progress is reported through a callback ([`progress::ProgressEvent`]) so front ends draw
@@ -21,6 +23,7 @@ pub mod config;
 pub mod data;
 pub mod disc;
 pub mod error;
+pub mod ldm;
 pub mod metrics;
 pub mod params;
 pub mod plot;
@@ -30,5 +33,6 @@ pub mod vae;
 
 pub use config::VaeTrainConfig;
 pub use error::{Result, TrainError};
+pub use ldm::{train_ldm, LdmSummary, LdmTrainConfig};
 pub use progress::ProgressEvent;
 pub use vae::{train_vae, VaeSummary};

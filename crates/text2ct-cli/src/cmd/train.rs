@@ -12,6 +12,11 @@ pub enum TrainCommand {
     /// 3D patch adversarial loss, AdamW, atomic checkpoints with exact resume, loss curve,
     /// previews and a held-out MAE/PSNR evaluation. See configs/train_vae_phantom.toml.
     Vae(TrainVaeArgs),
+    /// Train the latent-diffusion U-Net (rectified flow L1 as released, or DDPM L2 as in the
+    /// paper) on latents of a frozen VAE and text embeddings of a frozen CLIP text encoder
+    /// (cached), CFG dropout, Adam + polynomial LR, exact resume; exports a model folder for
+    /// `text2ct generate --model`. See configs/train_ldm_phantom.toml.
+    Ldm(TrainVaeArgs),
 }
 
 #[derive(clap::Args)]
@@ -33,6 +38,7 @@ pub struct TrainVaeArgs {
 pub fn run(cmd: TrainCommand) -> Result<()> {
     match cmd {
         TrainCommand::Vae(a) => vae(a),
+        TrainCommand::Ldm(a) => ldm(a),
     }
 }
 
@@ -102,6 +108,66 @@ fn vae(a: TrainVaeArgs) -> Result<()> {
     }
     if let Some(f) = &s.final_dir {
         println!("final model:     {}", f.display());
+    }
+    Ok(())
+}
+
+fn ldm(a: TrainVaeArgs) -> Result<()> {
+    use text2ct_train::LdmTrainConfig;
+    let mut cfg = LdmTrainConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    if a.resume {
+        cfg.run.resume = true;
+    }
+    if let Some(s) = a.steps {
+        cfg.run.steps = s;
+    }
+    if let Some(o) = a.out_dir {
+        cfg.run.out_dir = o;
+    }
+    cfg.validate()?;
+    let pb = ProgressBar::new(cfg.run.steps as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>6} [{bar:30.cyan/blue}] {pos}/{len} {msg} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix("ldm");
+    let mut on_event = |ev: ProgressEvent| match ev {
+        ProgressEvent::Start { start_step, resumed_from, .. } => {
+            pb.set_position(start_step as u64);
+            if let Some(p) = resumed_from {
+                pb.println(format!("resumed from {} (step {start_step})", p.display()));
+            }
+        }
+        ProgressEvent::Step { step, lr, losses: l, steps_per_s, epoch, .. } => {
+            pb.set_position(step as u64);
+            pb.set_message(format!("ep {epoch} loss {:.4} lr {lr:.2e} {steps_per_s:.2} it/s", l.total));
+        }
+        ProgressEvent::Checkpoint { step, path } => pb.println(format!("step {step}: checkpoint {}", path.display())),
+        // The latent / text-embedding cache reports its progress as Eval events.
+        ProgressEvent::Eval { done, total } => pb.set_message(format!("cache {done}/{total}")),
+        ProgressEvent::Message(m) => pb.println(m),
+    };
+    let s = text2ct_train::train_ldm(&cfg, &mut on_event)?;
+    pb.finish_and_clear();
+    println!(
+        "trained {} / {} steps ({} this session in {:.0} s, {:.3} steps/s){}",
+        s.steps_done,
+        s.total_steps,
+        s.session_steps,
+        s.session_wall_s,
+        s.steps_per_s,
+        if s.stopped_early { ", stopped early" } else { "" }
+    );
+    println!(
+        "{:?} loss: first 50 steps {:.4}, last 50 steps {:.4}; scale_factor {:.6}; {} latents {:?}",
+        s.objective, s.first_loss, s.final_loss, s.scale_factor, s.num_latents, s.latent_shape
+    );
+    if let Some(c) = &s.last_checkpoint {
+        println!("last checkpoint: {}", c.display());
+    }
+    if let Some(m) = &s.model_dir {
+        println!("model folder:    {} (text2ct generate --model {})", m.display(), m.display());
     }
     Ok(())
 }

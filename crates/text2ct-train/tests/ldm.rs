@@ -1,0 +1,302 @@
+//! LDM training on a tiny data set with tiny seeded networks: loss goes down, exact resume,
+//! the exported model folder generates, the scale factor is 1/std of the first batch, CFG
+//! dropout happens at rate p.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use text2ct_models::burn::tensor::Device;
+use text2ct_models::{ClipTextConfig, ClipTextEncoder, StateDict, Unet, UnetConfig, Vae, VaeConfig};
+use text2ct_train::ldm::{
+    draw_micro, scale_factor_of, train_ldm_with, LdmTrainConfig, LdmTrainOptions, Objective, UnetKeyMap,
+};
+use text2ct_train::ProgressEvent;
+
+const UNET: &str = r#"{"spatial_dims": 3, "in_channels": 2, "out_channels": 2, "num_channels": [8, 8],
+  "attention_levels": [false, true], "num_head_channels": 4, "norm_num_groups": 4, "num_res_blocks": 1,
+  "with_conditioning": true, "cross_attention_dim": 8, "num_class_embeds": 2, "include_spacing_input": true,
+  "resblock_updown": true, "include_fc": true, "transformer_num_layers": 1}"#;
+
+/// Tiny frozen VAE and text encoder saved under `dir`, and a 4-volume manifest with reports.
+fn setup(dir: &Path) -> PathBuf {
+    let dev = Device::flex();
+    let vae_cfg: VaeConfig = serde_json::from_str(
+        r#"{"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "latent_channels": 2,
+            "num_channels": [4, 8, 8], "num_res_blocks": [1, 1, 1], "norm_num_groups": 4,
+            "attention_levels": [false, false, false]}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("vae_config.json"), serde_json::to_string(&vae_cfg).unwrap()).unwrap();
+    Vae::new(&vae_cfg, 5, &dev).unwrap().save_safetensors(&dir.join("vae.safetensors")).unwrap();
+    let text_json = r#"{"vocab_size": 49408, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 16, "max_position_embeddings": 32, "projection_dim": 8}"#;
+    std::fs::write(dir.join("text_config.json"), text_json).unwrap();
+    let tc = ClipTextConfig::from_json_str(text_json).unwrap();
+    ClipTextEncoder::new(&tc, 6, &dev)
+        .unwrap()
+        .to_state_dict()
+        .unwrap()
+        .write_safetensors(&dir.join("text.safetensors"), None)
+        .unwrap();
+    std::fs::write(dir.join("unet_config.json"), UNET).unwrap();
+    let m = common::tiny_dataset(&dir.join("data"), 4, [16, 16, 8], 3);
+    // Give every volume a report.
+    let reports =
+        ["Findings: nodule left.", "Findings: normal lungs.", "Findings: effusion right.", "Findings: normal."];
+    let text = std::fs::read_to_string(&m).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .zip(reports)
+        .map(|(l, r)| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["report"] = r.into();
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&m, lines.join("\n") + "\n").unwrap();
+    m
+}
+
+fn config(dir: &Path, out: &str, steps: usize, extra: &str, objective: &str, lr: f64, bs: usize) -> LdmTrainConfig {
+    let p = |s: &str| dir.join(s).to_string_lossy().to_string();
+    let unet: serde_json::Value = serde_json::from_str(UNET).unwrap();
+    let mut model = String::new();
+    for (k, v) in unet.as_object().unwrap() {
+        model.push_str(&format!("{k} = {v}\n"));
+    }
+    let toml = format!(
+        r#"
+[model]
+{model}
+[vae]
+config = {vc:?}
+weights = {vw:?}
+
+[text_encoder]
+config = {tc:?}
+weights = {tw:?}
+
+[data]
+train_manifest = {m:?}
+batch_size = {bs}
+
+[objective]
+kind = "{objective}"
+
+[optim]
+lr = {lr}
+
+[run]
+out_dir = {o:?}
+steps = {steps}
+checkpoint_every = 0
+seed = 11
+{extra}
+[export]
+sampler_steps = 2
+guidance = 2.0
+"#,
+        vc = p("vae_config.json"),
+        vw = p("vae.safetensors"),
+        tc = p("text_config.json"),
+        tw = p("text.safetensors"),
+        m = p("data/manifest.jsonl"),
+        o = p(out),
+    );
+    LdmTrainConfig::from_toml_str(&toml).unwrap()
+}
+
+fn quiet() -> impl FnMut(ProgressEvent) {
+    |_| {}
+}
+
+fn unet_tensors(dir: &Path) -> StateDict {
+    StateDict::read_safetensors(&dir.join("unet.safetensors")).unwrap()
+}
+
+#[test]
+fn trains_resumes_exactly_and_exports_a_generating_model() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+
+    // Straight run of 4 steps (batch 4 = the whole set, so the first batch is every latent).
+    let cfg = config(d, "a", 4, "", "rflow", 1e-3, 4);
+    let mut q = quiet();
+    let a = train_ldm_with(&cfg, &LdmTrainOptions::default(), &mut q).unwrap();
+    assert_eq!(a.steps_done, 4);
+    assert_eq!(a.latent_shape, [2, 4, 4, 2]);
+
+    // Scale factor = 1 / unbiased std of the first batch's (cached) latents.
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(d.join("a/cache/latents")).unwrap() {
+        all.extend(text2ct_io::npy::NpyArray::read(&e.unwrap().path()).unwrap().data);
+    }
+    assert_eq!(all.len(), 4 * 2 * 4 * 4 * 2);
+    let sf = scale_factor_of(&all).unwrap();
+    assert!((a.scale_factor - sf).abs() < 1e-9 * sf, "{} vs {sf}", a.scale_factor);
+    let mean = all.iter().map(|&v| v as f64).sum::<f64>() / all.len() as f64;
+    let var = all.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (all.len() - 1) as f64;
+    assert!((sf - 1.0 / var.sqrt()).abs() < 1e-9 * sf);
+
+    // Interrupted at 2, resumed to 4: identical weights and optimizer-driven trajectory.
+    let cfg_b = config(d, "b", 4, "", "rflow", 1e-3, 4);
+    let mut q = quiet();
+    let b1 = train_ldm_with(&cfg_b, &LdmTrainOptions { stop_at: Some(2) }, &mut q).unwrap();
+    assert!(b1.stopped_early && b1.model_dir.is_none());
+    let mut cfg_b2 = cfg_b.clone();
+    cfg_b2.run.resume = true;
+    let mut q = quiet();
+    let b = train_ldm_with(&cfg_b2, &LdmTrainOptions::default(), &mut q).unwrap();
+    assert_eq!(b.steps_done, 4);
+    assert!(b.resumed_from.is_some());
+    let (sa, sb) = (unet_tensors(&d.join("a/model")), unet_tensors(&d.join("b/model")));
+    assert_eq!(sa.tensors.len(), sb.tensors.len());
+    for (k, ta) in &sa.tensors {
+        assert_eq!(ta.data, sb.tensors[k].data, "{k} differs after resume");
+    }
+    assert_eq!(a.final_loss, b.final_loss);
+    // A fresh run refuses an out_dir with checkpoints.
+    let mut q = quiet();
+    assert!(train_ldm_with(&cfg_b, &LdmTrainOptions::default(), &mut q).unwrap_err().to_string().contains("resume"));
+
+    // The exported U-Net: MONAI keys under unet_state_dict., a scale_factor, strict load.
+    assert!(sa.tensors.contains_key("unet_state_dict.conv_in.conv.weight"));
+    assert_eq!(sa.tensors["scale_factor"].data, vec![a.scale_factor as f32]);
+    let ucfg = UnetConfig::from_json_str(UNET).unwrap();
+    let ck = Unet::load_checkpoint(&ucfg, &d.join("a/model/unet.safetensors"), &Device::flex()).unwrap();
+    assert_eq!(ck.scale_factor, Some(a.scale_factor as f32));
+    // The key map is the inverse of loading: export(load(file)) == file.
+    let map = UnetKeyMap::new(&ucfg).unwrap();
+    let back = map.state_dict(&ck.unet.net).unwrap();
+    for (k, t) in &back.tensors {
+        let orig = &sa.tensors[&format!("unet_state_dict.{k}")];
+        assert_eq!((&t.shape, &t.data), (&orig.shape, &orig.data), "{k}");
+    }
+    assert_eq!(back.tensors.len() + 1, sa.tensors.len());
+
+    // The model folder loads in the generation pipeline and makes a volume of the trained size.
+    let dev = Device::flex();
+    let pipe = text2ct_generate::pipeline::Pipeline::load(&d.join("a/model"), &dev).unwrap();
+    assert_eq!(pipe.scale_factor_source, "U-Net checkpoint");
+    assert!((pipe.scale_factor - a.scale_factor).abs() < 1e-6 * a.scale_factor);
+    assert_eq!(pipe.card.output.size, [16, 16, 8]);
+    assert_eq!(pipe.card.output.spacing, [2.0, 2.0, 4.0]);
+    assert_eq!(pipe.card.conditioning.spacing_input, Some([200.0, 200.0, 400.0]));
+    assert_eq!(pipe.card.conditioning.class_label, Some(1));
+    assert!(pipe.card.trained_on.contains("4 prepared volumes"), "{}", pipe.card.trained_on);
+    let opts = pipe.default_options();
+    assert_eq!((opts.sampler.as_str(), opts.steps), ("rflow", 2));
+    let latent = pipe.check_size(opts.size).unwrap();
+    let (ctx, _) = pipe.encode_prompt("Findings: nodule left.").unwrap();
+    let z = pipe.sample(pipe.noise(latent, 1), &ctx, &opts, &mut |_, _| {}).unwrap();
+    let vol = pipe.decode(z, opts.size).unwrap();
+    assert_eq!(vol.dims(), [16, 16, 8]);
+    assert!(vol.data().iter().all(|v| v.is_finite() && (-1000.0..=1000.0).contains(v)));
+    assert!(d.join("a/model/loss_curve.png").is_file() && d.join("a/loss_curve.png").is_file());
+    assert!(d.join("a/model/metrics.json").is_file());
+}
+
+#[test]
+fn loss_decreases_on_a_learnable_set() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let mut cfg = config(d, "r", 200, "", "rflow", 3e-3, 4);
+    cfg.schedule.kind = text2ct_train::config::ScheduleKind::Constant;
+    let mut q = quiet();
+    let s = train_ldm_with(&cfg, &LdmTrainOptions::default(), &mut q).unwrap();
+    let recs = text2ct_train::metrics::MetricsLog::read(&d.join("r/metrics.jsonl")).unwrap();
+    assert_eq!(recs.len(), 200);
+    let m = |r: &[text2ct_train::metrics::StepRecord]| r.iter().map(|x| x.losses.total).sum::<f64>() / r.len() as f64;
+    let (first, last) = (m(&recs[..20]), m(&recs[180..]));
+    assert!(last < 0.9 * first, "loss did not decrease: first 20 steps {first:.4}, last 20 {last:.4}");
+    assert!(s.final_loss < s.first_loss);
+}
+
+#[test]
+fn ddpm_objective_trains_and_exports_a_ddpm_card() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let mut cfg = config(d, "p", 2, "", "ddpm", 1e-3, 2);
+    cfg.optim.grad_accum_steps = 2;
+    cfg.optim.kind = text2ct_train::ldm::OptimKind::Adamw;
+    let mut events = 0usize;
+    let mut count = |e: ProgressEvent| {
+        if matches!(e, ProgressEvent::Step { .. }) {
+            events += 1
+        }
+    };
+    let s = train_ldm_with(&cfg, &LdmTrainOptions::default(), &mut count).unwrap();
+    assert_eq!(events, 2);
+    assert_eq!(s.objective, Objective::Ddpm);
+    let card = text2ct_generate::ModelCard::load(&d.join("p/model")).unwrap();
+    assert_eq!(card.sampler.kind, "ddpm");
+    // The cache is reused by a second run over the same data.
+    let before = std::fs::metadata(d.join("p/cache/latents/vol_0.npy")).unwrap().modified().unwrap();
+    let mut cfg2 = cfg.clone();
+    cfg2.run.resume = true;
+    cfg2.run.steps = 3;
+    let mut q = quiet();
+    train_ldm_with(&cfg2, &LdmTrainOptions::default(), &mut q).unwrap();
+    let after = std::fs::metadata(d.join("p/cache/latents/vol_0.npy")).unwrap().modified().unwrap();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn cfg_dropout_rate_matches_p_and_draws_are_seeded() {
+    let n = 20_000;
+    let mut dropped = 0usize;
+    for i in 0..n {
+        let d = draw_micro(3, i as u64, 1, 512, 1, Objective::Rflow, 0.1).unwrap();
+        dropped += d.drop[0] as usize;
+        assert!((0.0..1000.0).contains(&d.t[0]));
+    }
+    let rate = dropped as f64 / n as f64;
+    // Binomial sd = sqrt(0.09 / 20000) = 0.0021; allow 4 sd.
+    assert!((rate - 0.1).abs() < 0.0085, "dropout rate {rate}");
+    let a = draw_micro(3, 7, 2, 512, 4, Objective::Ddpm, 0.5).unwrap();
+    assert_eq!(a, draw_micro(3, 7, 2, 512, 4, Objective::Ddpm, 0.5).unwrap());
+    assert_ne!(a, draw_micro(3, 8, 2, 512, 4, Objective::Ddpm, 0.5).unwrap());
+    assert!(a.t.iter().all(|t| t.fract() == 0.0 && (0.0..1000.0).contains(t)));
+    assert_eq!(a.eps.len(), 8);
+    let none = draw_micro(3, 7, 64, 512, 1, Objective::Rflow, 0.0).unwrap();
+    assert!(none.drop.iter().all(|d| !d));
+}
+
+#[test]
+fn example_config_parses_and_whole_clip_configs_give_their_text_block() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train_ldm_phantom.toml");
+    let c = LdmTrainConfig::from_toml_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    c.model.validate().unwrap();
+    assert_eq!(c.model.cross_attention_dim, Some(64));
+    assert_eq!((c.schedule.power, c.objective.cfg_dropout, c.optim.lr), (2.0, 0.1, 1e-4));
+    assert!(UnetKeyMap::new(&c.model).unwrap().entries.iter().any(|e| e.0 == "conv_in.conv.weight"));
+    // Defaults: polynomial power 2, rflow, Adam, dropout 0.1.
+    let t = tempfile::tempdir().unwrap();
+    let mut minimal = String::from("[model]\nspatial_dims = 3\nin_channels = 4\nout_channels = 4\n");
+    minimal.push_str("[vae]\nconfig = \"a\"\nweights = \"b\"\n[text_encoder]\nconfig = \"c\"\nweights = \"d\"\n");
+    minimal.push_str("[data]\ntrain_manifest = \"m\"\n[run]\nout_dir = \"o\"\n");
+    let m = LdmTrainConfig::from_toml_str(&minimal).unwrap();
+    assert_eq!(
+        (m.schedule.power, m.objective.kind, m.optim.kind),
+        (2.0, Objective::Rflow, text2ct_train::ldm::OptimKind::Adam)
+    );
+    assert!(LdmTrainConfig::from_toml_str(&(minimal.clone() + "typo = 1\n")).is_err());
+    // A whole CLIP config (text2ct train clip's clip_config.json): its text block, with the
+    // top-level projection_dim when the block has none.
+    let p = t.path().join("clip_config.json");
+    std::fs::write(
+        &p,
+        r#"{"projection_dim": 16, "text_config": {"hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 40},
+            "vision_config": {"dim": 8}}"#,
+    )
+    .unwrap();
+    let (tc, json) = text2ct_train::ldm::read_text_config(&p).unwrap();
+    assert_eq!((tc.hidden_size, tc.projection_dim, tc.max_position_embeddings), (8, 16, 40));
+    assert_eq!(json["projection_dim"], 16);
+}

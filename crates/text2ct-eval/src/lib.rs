@@ -6,8 +6,11 @@
 //! * [`fid`]: the FID pipeline: MAISI's 2.5D protocol and a 3D protocol over volume sets, with the
 //!   backbones of text2ct-models; JSON / Markdown reports.
 //! * [`retrieval`]: Recall@K, MAP@K, and CT-CLIP's volume-to-volume computation.
+//! * [`clip_eval`]: the 3D-CLIP protocol (zero-shot with two prompt styles, volume-to-volume MAP@K,
+//!   report-to-volume Recall@K) from embeddings; JSON / Markdown reports.
 
 pub mod classification;
+pub mod clip_eval;
 pub mod error;
 pub mod fid;
 pub mod frechet;

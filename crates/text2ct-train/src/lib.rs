@@ -10,6 +10,8 @@
 //! - [`plot`]: legible line plots as PNG (plotters, vendored DejaVu Sans Mono).
 //! - [`params`]: deterministic parameter ids and generic parameter save/load (what makes
 //!   optimizer state survive a restart).
+//! - [`clip`]: [`train_clip`](clip::train_clip): 3D-CLIP training (symmetric InfoNCE, clamped
+//!   learnable temperature, cosine + warm-up), embeddings for `text2ct eval clip`.
 //! - [`disc`]: a 3D PatchGAN discriminator.
 //! - [`ldm`]: [`train_ldm`](ldm::train_ldm): latent diffusion (rectified flow L1 / DDPM L2) with
 //!   cached VAE latents and text embeddings, exported as a `text2ct generate` model folder.
@@ -19,6 +21,7 @@
 //! their own bars.
 
 pub mod checkpoint;
+pub mod clip;
 pub mod config;
 pub mod data;
 pub mod disc;

@@ -16,6 +16,32 @@ pub enum EvalCommand {
     /// folder of NIfTI files (searched recursively), a prepared data set (folder with
     /// manifest.jsonl) or a manifest.jsonl. See docs/evaluation/fid.md.
     Fid(FidArgs),
+    /// Evaluate a trained 3D CLIP on a prepared manifest (docs/evaluation/clip.md): zero-shot
+    /// over the 18 abnormalities with two prompt styles (AUC, accuracy, precision; macro and
+    /// weighted), volume-to-volume MAP@K (K = 1, 5, 10, 50; plus CT-CLIP's computation) and
+    /// report-to-volume Recall@K (K = 5, 10, 50, 100) against random baselines. Writes
+    /// clip_eval.json and clip_eval.md.
+    Clip(ClipEvalArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ClipEvalArgs {
+    /// The trained CLIP: a folder with clip_config.json + clip.safetensors (a run's final/ or a
+    /// checkpoint), a training run folder, or a .safetensors file with clip_config.json beside it.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prepared manifest (manifest.jsonl written by `text2ct prepare`) with reports and labels.
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Volumes / texts per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Use at most this many volumes (first in the manifest).
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +87,7 @@ pub struct FidArgs {
 pub fn run(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Fid(a) => run_fid(a),
+        EvalCommand::Clip(a) => run_clip(a),
     }
 }
 
@@ -156,5 +183,54 @@ fn run_fid(a: FidArgs) -> Result<()> {
     text2ct_io::error::atomic_write_bytes(&a.out.join("fid.json"), json.as_bytes())?;
     text2ct_io::error::atomic_write_bytes(&a.out.join("fid.md"), report.to_markdown().as_bytes())?;
     println!("wrote {} and {}", a.out.join("fid.json").display(), a.out.join("fid.md").display());
+    Ok(())
+}
+
+fn run_clip(a: ClipEvalArgs) -> Result<()> {
+    use text2ct_eval::clip_eval::{evaluate, ClipEvalInput, PromptStyle};
+    use text2ct_train::clip::{embed_texts, embed_volumes, load_trained, logit_multiplier, resolve_model};
+    let dev = Device::flex();
+    let (_, weights) = resolve_model(&a.model)?;
+    let model = load_trained(&a.model, &dev).with_context(|| format!("loading {}", a.model.display()))?;
+    let set = text2ct_train::data::VolumeSet::open(&a.manifest, a.limit)?;
+    let tok = text2ct_text::ClipTokenizer::default_embedded().map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    let names = text2ct_data::labels::LABELS;
+    let mut labels = Vec::with_capacity(set.len());
+    for it in &set.items {
+        if it.entry.labels.len() != names.len() {
+            bail!("{}: item {} has {} labels, expected {}", a.manifest.display(), it.entry.id, it.entry.labels.len(), names.len());
+        }
+        labels.push(it.entry.labels.iter().map(|&l| l != 0).collect::<Vec<bool>>());
+    }
+    eprintln!("embedding {} volumes and reports with {}", set.len(), weights.display());
+    let mut quiet = |_: text2ct_train::ProgressEvent| {};
+    let vols = embed_volumes(&model, &set, a.batch, &mut quiet)?;
+    let reports: Vec<String> = set.items.iter().map(|it| it.entry.report.clone()).collect();
+    let reps = embed_texts(&model, &tok, &reports, a.batch)?;
+    let truncated = reports.iter().filter(|r| tok.encode_padded(r, model.text.max_len()).1).count();
+    let mut prompts = Vec::new();
+    for st in PromptStyle::ALL {
+        let (p, n): (Vec<String>, Vec<String>) = names.iter().map(|x| st.prompts(x)).unzip();
+        prompts.push((st, embed_texts(&model, &tok, &p, a.batch)?, embed_texts(&model, &tok, &n, a.batch)?));
+    }
+    let class_names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut rep = evaluate(&ClipEvalInput {
+        volumes: &vols,
+        reports: &reps,
+        labels: &labels,
+        class_names: &class_names,
+        prompts: &prompts,
+        logit_multiplier: logit_multiplier(&model),
+    })?;
+    rep.meta.insert("model".into(), weights.display().to_string().into());
+    rep.meta.insert("manifest".into(), a.manifest.display().to_string().into());
+    rep.meta.insert("text_length".into(), model.text.max_len().into());
+    rep.meta.insert("truncated_reports".into(), truncated.into());
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    text2ct_io::error::atomic_write_bytes(&a.out.join("clip_eval.json"), rep.to_json().as_bytes())?;
+    let md = rep.to_markdown();
+    text2ct_io::error::atomic_write_bytes(&a.out.join("clip_eval.md"), md.as_bytes())?;
+    println!("{md}");
+    println!("wrote {} and {}", a.out.join("clip_eval.json").display(), a.out.join("clip_eval.md").display());
     Ok(())
 }

@@ -12,6 +12,11 @@ pub enum TrainCommand {
     /// 3D patch adversarial loss, AdamW, atomic checkpoints with exact resume, loss curve,
     /// previews and a held-out MAE/PSNR evaluation. See configs/train_vae_phantom.toml.
     Vae(TrainVaeArgs),
+    /// Train a 3D CLIP (text encoder + CT-ViT + projections) on prepared volumes and their
+    /// reports: symmetric InfoNCE with a clamped learnable temperature, AdamW, cosine schedule
+    /// with warm-up, exact resume; weights with Text2CT's key names. See
+    /// configs/train_clip_phantom.toml.
+    Clip(TrainVaeArgs),
     /// Train the latent-diffusion U-Net (rectified flow L1 as released, or DDPM L2 as in the
     /// paper) on latents of a frozen VAE and text embeddings of a frozen CLIP text encoder
     /// (cached), CFG dropout, Adam + polynomial LR, exact resume; exports a model folder for
@@ -38,6 +43,7 @@ pub struct TrainVaeArgs {
 pub fn run(cmd: TrainCommand) -> Result<()> {
     match cmd {
         TrainCommand::Vae(a) => vae(a),
+        TrainCommand::Clip(a) => clip(a),
         TrainCommand::Ldm(a) => ldm(a),
     }
 }
@@ -168,6 +174,65 @@ fn ldm(a: TrainVaeArgs) -> Result<()> {
     }
     if let Some(m) = &s.model_dir {
         println!("model folder:    {} (text2ct generate --model {})", m.display(), m.display());
+    }
+    Ok(())
+}
+
+fn clip(a: TrainVaeArgs) -> Result<()> {
+    use text2ct_train::clip::{train_clip, ClipTrainConfig};
+    let mut cfg = ClipTrainConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    if a.resume {
+        cfg.run.resume = true;
+    }
+    if let Some(s) = a.steps {
+        cfg.run.steps = s;
+    }
+    if let Some(o) = a.out_dir {
+        cfg.run.out_dir = o;
+    }
+    cfg.validate()?;
+    let pb = ProgressBar::new(cfg.run.steps as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>6} [{bar:30.cyan/blue}] {pos}/{len} {msg} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix("clip");
+    let mut on_event = |ev: ProgressEvent| match ev {
+        ProgressEvent::Start { start_step, resumed_from, .. } => {
+            pb.set_position(start_step as u64);
+            if let Some(p) = resumed_from {
+                pb.println(format!("resumed from {} (step {start_step})", p.display()));
+            }
+        }
+        ProgressEvent::Step { step, lr, losses: l, steps_per_s, epoch, .. } => {
+            pb.set_position(step as u64);
+            pb.set_message(format!("ep {epoch} InfoNCE {:.4} lr {lr:.2e} {steps_per_s:.2} it/s", l.total));
+        }
+        ProgressEvent::Checkpoint { step, path } => pb.println(format!("step {step}: checkpoint {}", path.display())),
+        ProgressEvent::Eval { .. } => {}
+        ProgressEvent::Message(m) => pb.println(m),
+    };
+    let s = train_clip(&cfg, &mut on_event)?;
+    pb.finish_and_clear();
+    println!(
+        "trained {} / {} steps ({} this session in {:.0} s, {:.3} steps/s){}",
+        s.steps_done,
+        s.total_steps,
+        s.session_steps,
+        s.session_wall_s,
+        s.steps_per_s,
+        if s.stopped_early { ", stopped early" } else { "" }
+    );
+    println!(
+        "final (mean of last 50 steps): InfoNCE {:.4} (chance ln B = {:.4}), in-batch top-1 {:.3}, logit_scale {:.3}",
+        s.final_loss, s.chance_loss, s.final_batch_acc, s.logit_scale
+    );
+    if let Some(c) = &s.last_checkpoint {
+        println!("last checkpoint: {}", c.display());
+    }
+    if let Some(f) = &s.final_dir {
+        println!("final model:     {}", f.display());
     }
     Ok(())
 }

@@ -1,0 +1,833 @@
+//! 3D-CLIP training (Text2CT §5.1 / RAGText2CT `scripts/clip_training`): the text encoder and the
+//! CT-ViT vision encoder trained jointly with the symmetric InfoNCE loss and a learnable
+//! temperature, AdamW, a cosine schedule with linear warm-up (20 % of the steps by default),
+//! gradient accumulation, atomic checkpoints with exact resume, a JSONL log and a loss curve.
+//!
+//! One optimizer step: for each of `grad_accum_steps` micro-batches of `(volume [B,1,X,Y,Z] in
+//! [0, 1], report tokens [B, L])`, `loss = clip_loss(img, txt, logit_scale)` (negatives are the
+//! other pairs of the *same* micro-batch, as the reference script does with accumulation) divided
+//! by the number of micro-batches is back-propagated; one AdamW step; then `logit_scale` is
+//! clamped to `[0, ln 100]` (the reference clamps it every step).
+//!
+//! **Vector quantisation in training.** CT-ViT quantises its tokens to the nearest (cosine)
+//! codebook row, which has no gradient. Training uses the straight-through estimator of
+//! `vector-quantize-pytorch` (`q = x + (quantize(x) - x).detach()`): the forward value is exactly
+//! what [`Clip3d::encode_volume`] computes at evaluation, and the gradient reaches the encoder.
+//! The codebook itself is kept at its (seeded, random) initialisation: the EMA codebook update of
+//! the reference is not implemented.
+//!
+//! Text: `entry.report` of the manifest ("Findings: … Impression: …"), tokenised with
+//! [`ClipTokenizer::default_embedded`] to `text_config.max_position_embeddings` ids
+//! (BOS, content, EOS, padding; longer reports are truncated and counted).
+//!
+//! Outputs: `checkpoints/step-N/` (`clip.safetensors` with Text2CT's `model.`-prefixed keys,
+//! `clip_config.json`, `optim.bpk`, `config.toml`, `metrics.jsonl`, `state.json`),
+//! `metrics.jsonl`, `loss_curve.png` and `final/` (`clip.safetensors` f32, `clip_f16.safetensors`,
+//! `clip_config.json`, `train_config.toml`, `metrics.json`, `loss_curve.png`). Both safetensors
+//! files load with [`Clip3d::load`] / [`text2ct_models::ClipTextEncoder::load`].
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Module, Param};
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use text2ct_models::clip3d::LOGIT_SCALE_MAX;
+use text2ct_models::clip_text::l2_normalize;
+use text2ct_models::ctvit::pool_tokens;
+use text2ct_models::{clip_loss, Clip3d, Clip3dConfig, ClipTextEncoder, StateDict};
+use text2ct_text::ClipTokenizer;
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::{RunConfig, ScheduleKind};
+use crate::data::{Loader, LoaderOptions, VolumeSet};
+use crate::error::{Result, TrainError};
+use crate::metrics::moving_average;
+use crate::params;
+use crate::plot::LinePlot;
+use crate::progress::{Progress, ProgressEvent, StepLosses};
+use crate::schedule::Schedule;
+
+// ---------------------------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------------------------
+
+/// A CLIP training run: `[model]` (a [`Clip3dConfig`]: `projection_dim`, `[model.text_config]`,
+/// `[model.vision_config]`), `[data]`, `[optim]`, `[schedule]`, `[run]` (see
+/// [`RunConfig`]). Example: `configs/train_clip_phantom.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipTrainConfig {
+    pub model: Clip3dConfig,
+    pub data: ClipDataConfig,
+    #[serde(default)]
+    pub optim: ClipOptimConfig,
+    #[serde(default)]
+    pub schedule: ClipScheduleConfig,
+    pub run: RunConfig,
+}
+
+/// `[data]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipDataConfig {
+    /// Prepared training manifest (volumes, reports). Required.
+    pub train_manifest: PathBuf,
+    /// Held-out manifest (only checked here; `text2ct eval clip` evaluates on it).
+    #[serde(default)]
+    pub val_manifest: Option<PathBuf>,
+    /// Pairs per micro-batch (the contrastive batch). Default 8 (the paper: 16 per GPU).
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Use at most this many training volumes. Default: all.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `[optim]`: AdamW. Defaults are the paper's (lr 5e-5, weight decay 1e-4, eps 1e-8).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipOptimConfig {
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    #[serde(default = "d_betas")]
+    pub betas: [f32; 2],
+    #[serde(default = "d_wd")]
+    pub weight_decay: f32,
+    #[serde(default = "d_eps")]
+    pub eps: f32,
+    /// Micro-batches per optimizer step. Default 1.
+    #[serde(default = "d_one")]
+    pub grad_accum_steps: usize,
+    /// Per-parameter gradient norm clipping (burn's). Default none.
+    #[serde(default)]
+    pub grad_clip_norm: Option<f32>,
+}
+
+/// `[schedule]`: cosine with a linear warm-up over `warmup_fraction` of `run.steps` by default
+/// (`get_cosine_schedule_with_warmup`, 20 %).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipScheduleConfig {
+    /// `cosine` (default), `constant` or `polynomial` (no warm-up).
+    #[serde(default = "d_kind")]
+    pub kind: ScheduleKind,
+    /// Fraction of `run.steps` used for the linear warm-up. Default 0.2.
+    #[serde(default = "d_warm")]
+    pub warmup_fraction: f64,
+    /// Floor of the cosine. Default 0.
+    #[serde(default)]
+    pub min_lr: f64,
+}
+
+fn d_batch() -> usize {
+    8
+}
+fn d_lr() -> f64 {
+    5e-5
+}
+fn d_betas() -> [f32; 2] {
+    [0.9, 0.999]
+}
+fn d_wd() -> f32 {
+    1e-4
+}
+fn d_eps() -> f32 {
+    1e-8
+}
+fn d_one() -> usize {
+    1
+}
+fn d_kind() -> ScheduleKind {
+    ScheduleKind::Cosine
+}
+fn d_warm() -> f64 {
+    0.2
+}
+
+impl Default for ClipOptimConfig {
+    fn default() -> Self {
+        ClipOptimConfig {
+            lr: d_lr(),
+            betas: d_betas(),
+            weight_decay: d_wd(),
+            eps: d_eps(),
+            grad_accum_steps: 1,
+            grad_clip_norm: None,
+        }
+    }
+}
+
+impl Default for ClipScheduleConfig {
+    fn default() -> Self {
+        ClipScheduleConfig { kind: d_kind(), warmup_fraction: d_warm(), min_lr: 0.0 }
+    }
+}
+
+fn bad<T>(m: impl Into<String>) -> Result<T> {
+    Err(TrainError::Config(m.into()))
+}
+
+impl ClipTrainConfig {
+    pub fn from_toml_str(s: &str) -> Result<Self> {
+        toml::from_str(s).map_err(|e| TrainError::Config(e.to_string()))
+    }
+
+    /// Read and validate a TOML file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let s = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let cfg = Self::from_toml_str(&s).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate().map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::Config(format!("cannot serialise config: {e}")))
+    }
+
+    /// Warm-up steps: `round(warmup_fraction * run.steps)` (0 for the polynomial schedule).
+    pub fn warmup_steps(&self) -> usize {
+        if self.schedule.kind == ScheduleKind::Polynomial {
+            0
+        } else {
+            (self.schedule.warmup_fraction * self.run.steps as f64).round() as usize
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate().map_err(|e| TrainError::Config(format!("[model]: {e}")))?;
+        if self.model.vision_config.channels != 1 {
+            return bad("[model.vision_config] channels must be 1 (CT volumes)");
+        }
+        let d = &self.data;
+        if !d.train_manifest.is_file() {
+            return bad(format!("data.train_manifest {} does not exist", d.train_manifest.display()));
+        }
+        if let Some(v) = &d.val_manifest {
+            if !v.is_file() {
+                return bad(format!("data.val_manifest {} does not exist", v.display()));
+            }
+        }
+        if d.batch_size < 2 {
+            return bad("data.batch_size must be >= 2 (the contrastive loss needs negatives)");
+        }
+        if d.limit == Some(0) {
+            return bad("data.limit must be >= 1");
+        }
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return bad("optim.lr must be finite and > 0");
+        }
+        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return bad(format!("optim.betas {:?} must be in [0, 1)", o.betas));
+        }
+        if !(o.eps > 0.0) || !(o.weight_decay >= 0.0) {
+            return bad("optim.eps must be > 0 and optim.weight_decay >= 0");
+        }
+        if o.grad_accum_steps == 0 {
+            return bad("optim.grad_accum_steps must be >= 1");
+        }
+        if o.grad_clip_norm.is_some_and(|c| !(c > 0.0)) {
+            return bad("optim.grad_clip_norm must be > 0");
+        }
+        let s = &self.schedule;
+        if !(0.0..1.0).contains(&s.warmup_fraction) {
+            return bad("schedule.warmup_fraction must be in [0, 1)");
+        }
+        if s.kind == ScheduleKind::Polynomial && s.warmup_fraction > 0.0 {
+            return bad("schedule.warmup_fraction must be 0 for the polynomial schedule");
+        }
+        if !(s.min_lr.is_finite() && s.min_lr >= 0.0) {
+            return bad("schedule.min_lr must be finite and >= 0");
+        }
+        if self.run.steps == 0 {
+            return bad("run.steps must be >= 1");
+        }
+        if self.run.max_wall_minutes.is_some_and(|m| !(m > 0.0)) {
+            return bad("run.max_wall_minutes must be > 0");
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+/// One line of the CLIP `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClipStepRecord {
+    pub step: usize,
+    pub epoch: usize,
+    pub lr: f64,
+    /// Symmetric InfoNCE, mean over the step's micro-batches.
+    pub loss: f64,
+    /// `logit_scale` after the step (after the clamp); the temperature is `exp(-logit_scale)`.
+    pub logit_scale: f64,
+    /// In-batch top-1 accuracy (mean of volume→report and report→volume), over micro-batches.
+    pub batch_acc: f64,
+    pub step_s: f64,
+}
+
+fn write_records(path: &Path, recs: &[ClipStepRecord]) -> Result<()> {
+    let mut s = String::new();
+    for r in recs {
+        s.push_str(&serde_json::to_string(r).map_err(|e| TrainError::Train(e.to_string()))?);
+        s.push('\n');
+    }
+    text2ct_io::error::atomic_write_bytes(path, s.as_bytes())?;
+    Ok(())
+}
+
+fn append_record(path: &Path, r: &ClipStepRecord) -> Result<()> {
+    let line = serde_json::to_string(r).map_err(|e| TrainError::Train(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+    writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))
+}
+
+/// Read a CLIP `metrics.jsonl`.
+pub fn read_records(path: &Path) -> Result<Vec<ClipStepRecord>> {
+    let s = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| TrainError::Data(format!("{}: line {}: {e}", path.display(), i + 1)))
+        })
+        .collect()
+}
+
+/// The loss curve: InfoNCE (moving average) and the chance level `ln B`.
+pub fn clip_loss_curve(recs: &[ClipStepRecord], batch: usize) -> LinePlot {
+    let window = (recs.len() / 50).clamp(1, 50);
+    let pts: Vec<(f64, f64)> = recs.iter().map(|r| (r.step as f64, r.loss)).collect();
+    let acc: Vec<(f64, f64)> = recs.iter().map(|r| (r.step as f64, r.batch_acc)).collect();
+    let first = recs.first().map_or(0.0, |r| r.step as f64);
+    let last = recs.last().map_or(1.0, |r| r.step as f64);
+    let chance = (batch as f64).ln();
+    LinePlot::new("3D CLIP training", "optimizer step", "value (moving average)")
+        .with_series("symmetric InfoNCE", moving_average(&pts, window))
+        .with_series(&format!("chance loss ln {batch}"), vec![(first, chance), (last, chance)])
+        .with_series("in-batch top-1 accuracy", moving_average(&acc, window))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Training-mode image embedding: CT-ViT with the straight-through quantiser, pooled, projected,
+/// L2-normalised `[B, P]`. The forward value equals [`Clip3d::encode_volume`].
+pub fn encode_volume_train(model: &Clip3d, video: Tensor<5>) -> Result<Tensor<2>> {
+    let v = model
+        .vision
+        .as_ref()
+        .ok_or_else(|| TrainError::Train("the CLIP has no vision half".into()))?;
+    let vm = &v.vision_model;
+    vm.check_input(video.dims())?;
+    let tokens = vm.encode_tokens(vm.patch_embed(video));
+    let (q, _) = vm.quantize(tokens.clone().detach());
+    let st = tokens.clone() + (q - tokens).detach();
+    Ok(l2_normalize(v.visual_projection.forward(pool_tokens(st))))
+}
+
+/// The state dict with Text2CT's `model.` prefix (what [`Clip3d::load`] reads).
+pub fn prefixed_state_dict(model: &Clip3d) -> Result<StateDict> {
+    let sd = model.to_state_dict()?;
+    let mut out = StateDict::default();
+    for (k, t) in sd.tensors {
+        out.tensors.insert(format!("model.{k}"), t);
+    }
+    Ok(out)
+}
+
+/// Write the model as f32 safetensors with `model.`-prefixed keys.
+pub fn save_clip(model: &Clip3d, path: &Path) -> Result<()> {
+    prefixed_state_dict(model)?.write_safetensors(path, None)?;
+    Ok(())
+}
+
+fn f32_to_f16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let sign = ((x >> 16) & 0x8000) as u16;
+    let exp = ((x >> 23) & 0xff) as i32;
+    let man = x & 0x7f_ffff;
+    if exp == 0xff {
+        // inf / nan
+        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00; // overflow -> inf
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign; // underflow -> 0
+        }
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rest = m & ((1u32 << shift) - 1);
+        let mut r = m >> shift;
+        if rest > half || (rest == half && (r & 1) == 1) {
+            r += 1;
+        }
+        return sign | r as u16;
+    }
+    let mut r = ((e as u32) << 10) | (man >> 13);
+    let rest = man & 0x1fff;
+    if rest > 0x1000 || (rest == 0x1000 && (r & 1) == 1) {
+        r += 1; // may carry into the exponent (correct rounding up to inf)
+    }
+    sign | r as u16
+}
+
+/// Write a state dict as f16 safetensors (half the size; `StateDict::read` converts back to f32).
+pub fn write_safetensors_f16(sd: &StateDict, path: &Path) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::new();
+    for (k, t) in &sd.tensors {
+        let start = data.len();
+        for &v in &t.data {
+            data.extend_from_slice(&f32_to_f16_bits(v).to_le_bytes());
+        }
+        header.insert(
+            k.clone(),
+            serde_json::json!({"dtype": "F16", "shape": t.shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut h = serde_json::to_string(&header).map_err(|e| TrainError::Train(e.to_string()))?.into_bytes();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + data.len());
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&data);
+    text2ct_io::error::atomic_write_bytes(path, &out)?;
+    Ok(())
+}
+
+/// Where a trained CLIP is: a folder holding `clip_config.json` and `clip.safetensors` (a run's
+/// `final/` or a checkpoint), a run folder (its `final/`, else its latest checkpoint), or a
+/// `.safetensors` file with `clip_config.json` beside it.
+pub fn resolve_model(path: &Path) -> Result<(Clip3dConfig, PathBuf)> {
+    let has = |d: &Path| d.join("clip_config.json").is_file() && d.join("clip.safetensors").is_file();
+    let (cfg_path, weights) = if path.is_file() {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        (dir.join("clip_config.json"), path.to_path_buf())
+    } else if has(path) {
+        (path.join("clip_config.json"), path.join("clip.safetensors"))
+    } else if has(&path.join("final")) {
+        (path.join("final/clip_config.json"), path.join("final/clip.safetensors"))
+    } else if let Some(c) = checkpoint::latest(&path.join("checkpoints"))? {
+        (c.join("clip_config.json"), c.join("clip.safetensors"))
+    } else {
+        return Err(TrainError::Data(format!(
+            "{}: no trained CLIP here (expected clip_config.json + clip.safetensors, final/, or checkpoints/)",
+            path.display()
+        )));
+    };
+    let cfg = Clip3dConfig::from_json_file(&cfg_path)?;
+    Ok((cfg, weights))
+}
+
+/// Load a trained CLIP for inference (see [`resolve_model`]).
+pub fn load_trained(path: &Path, dev: &Device) -> Result<Clip3d> {
+    let (cfg, w) = resolve_model(path)?;
+    Ok(Clip3d::load(&cfg, &w, dev)?)
+}
+
+/// `exp(clamp(logit_scale, 0, ln 100))`, the multiplier of the cosine similarities.
+pub fn logit_multiplier(model: &Clip3d) -> f64 {
+    let v = model.logit_scale.val().into_scalar::<f32>() as f64;
+    v.clamp(0.0, LOGIT_SCALE_MAX).exp()
+}
+
+fn rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {
+    let [_, p] = t.dims();
+    let v = t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| TrainError::Train(format!("{e:?}")))?;
+    Ok(v.chunks(p.max(1)).map(|c| c.to_vec()).collect())
+}
+
+/// Token ids of `text` for `model` (its `max_position_embeddings`) and whether it was truncated.
+pub fn tokenize(tok: &ClipTokenizer, text: &str, max_len: usize) -> (Vec<u32>, bool) {
+    tok.encode_padded(text, max_len)
+}
+
+/// L2-normalised text embeddings of `texts`, `batch` at a time (inference; no gradients).
+pub fn embed_texts(model: &Clip3d, tok: &ClipTokenizer, texts: &[String], batch: usize) -> Result<Vec<Vec<f32>>> {
+    let dev = model.logit_scale.val().device();
+    let l = model.text.max_len();
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(batch.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|t| tok.encode_padded(t, l).0).collect();
+        model.text.check_ids(&ids)?;
+        out.extend(rows(model.encode_text(ClipTextEncoder::ids_tensor(&ids, &dev)))?);
+    }
+    Ok(out)
+}
+
+/// L2-normalised volume embeddings of every item of `set` (evaluation-mode quantiser).
+pub fn embed_volumes(model: &Clip3d, set: &VolumeSet, batch: usize, progress: Progress) -> Result<Vec<Vec<f32>>> {
+    let dev = model.logit_scale.val().device();
+    let mut out = Vec::with_capacity(set.len());
+    let idx: Vec<usize> = (0..set.len()).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let mut data = Vec::new();
+        let mut dims = [0usize; 3];
+        for &i in chunk {
+            let (v, d) = set.read_unit(i)?;
+            if dims != [0; 3] && d != dims {
+                return Err(TrainError::Data(format!("volumes differ in size ({d:?} vs {dims:?})")));
+            }
+            dims = d;
+            data.extend(v);
+        }
+        let shape = [chunk.len(), 1, dims[0], dims[1], dims[2]];
+        let x = Tensor::<5>::from_data(TensorData::new(data, shape), &dev);
+        out.extend(rows(model.encode_volume(x)?)?);
+        progress(ProgressEvent::Eval { done: out.len(), total: set.len() });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training
+// ---------------------------------------------------------------------------------------------
+
+/// What a CLIP training run did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClipSummary {
+    pub out_dir: PathBuf,
+    pub steps_done: usize,
+    pub total_steps: usize,
+    pub session_steps: usize,
+    pub session_wall_s: f64,
+    pub steps_per_s: f64,
+    pub total_wall_s: f64,
+    pub resumed_from: Option<PathBuf>,
+    pub stopped_early: bool,
+    /// Mean loss / in-batch accuracy over the last (up to) 50 steps, and the chance loss `ln B`.
+    pub final_loss: f64,
+    pub final_batch_acc: f64,
+    pub chance_loss: f64,
+    pub logit_scale: f64,
+    pub warmup_steps: usize,
+    /// Training reports longer than the text length (truncated).
+    pub truncated_reports: usize,
+    pub train_items: usize,
+    pub num_params: usize,
+    pub last_checkpoint: Option<PathBuf>,
+    pub final_dir: Option<PathBuf>,
+}
+
+/// Knobs for tests: stop after a number of steps (simulated interruption).
+#[derive(Clone, Debug, Default)]
+pub struct ClipTrainOptions {
+    pub stop_at: Option<usize>,
+}
+
+/// Train per the config (see the module docs).
+pub fn train_clip(cfg: &ClipTrainConfig, progress: Progress) -> Result<ClipSummary> {
+    train_clip_with(cfg, &ClipTrainOptions::default(), progress)
+}
+
+fn adamw(o: &ClipOptimConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_beta_1(o.betas[0])
+        .with_beta_2(o.betas[1])
+        .with_epsilon(o.eps)
+        .with_weight_decay(o.weight_decay)
+        .with_grad_clipping(o.grad_clip_norm.map(GradientClippingConfig::Norm))
+        .init()
+}
+
+/// Deterministic parameter ids, and every parameter rebuilt from its values as a contiguous
+/// tensor: a freshly initialised and a reloaded model then have the same memory layouts (a
+/// transposed view summed in another order made resumed runs drift by float rounding).
+fn canonical(m: Clip3d) -> Result<Clip3d> {
+    let vals = params::export(&m)?;
+    Ok(params::assign_ids(params::import(m, vals)?, 0))
+}
+
+fn clamp_logit_scale(mut m: Clip3d) -> Clip3d {
+    let (id, t, mapper) = m.logit_scale.consume();
+    let t = t.clamp(0.0, LOGIT_SCALE_MAX).detach().require_grad();
+    m.logit_scale = Param::from_mapped_value(id, t, mapper);
+    m
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| TrainError::Train(e.to_string()))?;
+    text2ct_io::error::atomic_write_bytes(path, s.as_bytes())?;
+    Ok(())
+}
+
+/// In-batch top-1 accuracy (both directions averaged) of normalised embeddings.
+fn batch_accuracy(img: &[Vec<f32>], txt: &[Vec<f32>]) -> f64 {
+    let b = img.len();
+    if b == 0 {
+        return 0.0;
+    }
+    let dot = |a: &[f32], c: &[f32]| a.iter().zip(c).map(|(x, y)| x * y).sum::<f32>();
+    let argmax = |f: &dyn Fn(usize) -> f32| (0..b).fold(0, |best, j| if f(j) > f(best) { j } else { best });
+    let mut hits = 0usize;
+    for i in 0..b {
+        hits += (argmax(&|j| dot(&img[i], &txt[j])) == i) as usize;
+        hits += (argmax(&|j| dot(&txt[i], &img[j])) == i) as usize;
+    }
+    hits as f64 / (2 * b) as f64
+}
+
+/// [`train_clip`] with [`ClipTrainOptions`].
+pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress: Progress) -> Result<ClipSummary> {
+    cfg.validate()?;
+    let session_start = Instant::now();
+    let out = cfg.run.out_dir.clone();
+    std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
+    let ckpt_root = out.join("checkpoints");
+    let seed = cfg.run.seed;
+    let total = cfg.run.steps;
+    let accum = cfg.optim.grad_accum_steps;
+    let bsz = cfg.data.batch_size;
+    let text_len = cfg.model.text_config.max_position_embeddings;
+
+    let train_set = VolumeSet::open(&cfg.data.train_manifest, cfg.data.limit)?;
+    if train_set.len() < bsz {
+        return Err(TrainError::Config(format!(
+            "data.batch_size {bsz} exceeds the {} training volumes",
+            train_set.len()
+        )));
+    }
+    let mut loader =
+        Loader::new(train_set.clone(), LoaderOptions { batch_size: bsz, patch: None, flip_prob: [0.0; 3], seed })?;
+    let sd = loader.sample_dims();
+    let want = {
+        let s = cfg.model.vision_config.input_shape();
+        [s[1], s[2], s[3]]
+    };
+    if sd != want {
+        return Err(TrainError::Config(format!(
+            "training volumes are {sd:?} but [model.vision_config] expects {want:?} (image_size, image_size, input_depth)"
+        )));
+    }
+    let tok = ClipTokenizer::default_embedded().map_err(|e| TrainError::Train(format!("tokenizer: {e}")))?;
+    let mut tokens: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut truncated = 0usize;
+    for it in &train_set.items {
+        let (ids, cut) = tok.encode_padded(&it.entry.report, text_len);
+        truncated += cut as usize;
+        tokens.insert(it.entry.id.clone(), ids);
+    }
+
+    let dev = Device::flex().autodiff();
+    let mut model = canonical(Clip3d::new(&cfg.model, seed, &dev)?)?;
+    let mut optim = adamw(&cfg.optim);
+    let warmup = cfg.warmup_steps();
+    let mut sched = Schedule::new(cfg.schedule.kind, cfg.optim.lr, total, 1.0, warmup, cfg.schedule.min_lr)?;
+    let mut step = 0usize;
+    let mut prior_elapsed = 0.0f64;
+    let mut records: Vec<ClipStepRecord> = Vec::new();
+
+    let existing = checkpoint::latest(&ckpt_root)?;
+    let resumed_from = if cfg.run.resume { existing.clone() } else { None };
+    if !cfg.run.resume {
+        if let Some(p) = &existing {
+            return Err(TrainError::Config(format!(
+                "{} already holds checkpoints (latest {}): resume with --resume / run.resume = true, or choose another run.out_dir",
+                out.display(),
+                p.display()
+            )));
+        }
+    }
+    if let Some(dir) = &resumed_from {
+        let st = checkpoint::read_state(dir)?;
+        let saved = ClipTrainConfig::from_toml_str(
+            &std::fs::read_to_string(dir.join("config.toml")).map_err(|e| TrainError::io(dir.join("config.toml"), e))?,
+        )
+        .map_err(|e| TrainError::ckpt(dir, format!("config.toml: {e}")))?;
+        if saved.model != cfg.model {
+            return Err(TrainError::ckpt(dir, "the checkpoint's [model] differs from the config's"));
+        }
+        if st.seed != seed {
+            return Err(TrainError::ckpt(dir, format!("the checkpoint's seed is {}, the config's {seed}", st.seed)));
+        }
+        model = canonical(Clip3d::load(&cfg.model, &dir.join("clip.safetensors"), &dev)?)?;
+        let p = dir.join("optim.bpk");
+        optim = optim.load(&p).map_err(|e| TrainError::ckpt(&p, format!("{e:?}")))?;
+        loader.set_state(st.loader);
+        sched.step = *st.schedulers.get("clip").unwrap_or(&st.step);
+        step = st.step;
+        prior_elapsed = st.elapsed_s;
+        records = read_records(&dir.join("metrics.jsonl"))?;
+        records.retain(|r| r.step <= step);
+    }
+    let metrics_path = out.join("metrics.jsonl");
+    write_records(&metrics_path, &records)?;
+    let num_params = model.num_params();
+    progress(ProgressEvent::Message(format!(
+        "CLIP ({num_params} parameters), {} training pairs of {sd:?} volumes, text length {text_len} ({truncated} reports truncated), batch {bsz} x {accum} accumulation, warm-up {warmup} steps",
+        train_set.len()
+    )));
+    progress(ProgressEvent::Start { start_step: step, total_steps: total, resumed_from: resumed_from.clone() });
+
+    let start_step = step;
+    let mut last_ckpt: Option<PathBuf> = None;
+    let mut stopped_early = false;
+    let max_wall = cfg.run.max_wall_minutes.map(|m| m * 60.0);
+
+    let save = |step: usize,
+                model: &Clip3d,
+                optim: &ModuleOptimizer,
+                sched: &Schedule,
+                loader: &Loader,
+                records: &[ClipStepRecord],
+                elapsed: f64|
+     -> Result<PathBuf> {
+        let mut schedulers = std::collections::BTreeMap::new();
+        schedulers.insert("clip".to_string(), sched.to_record().scalar::<u64>("step").unwrap_or(0) as usize);
+        let st = TrainState { step, loader: loader.state(), schedulers, seed, elapsed_s: elapsed, version: 1 };
+        let p = checkpoint::write_checkpoint(&ckpt_root, &st, |dir| {
+            save_clip(model, &dir.join("clip.safetensors"))?;
+            text2ct_io::error::atomic_write_bytes(&dir.join("clip_config.json"), cfg.model.to_json().as_bytes())?;
+            let p = dir.join("optim.bpk");
+            optim.save(&p).map_err(|e| TrainError::ckpt(&p, format!("{e:?}")))?;
+            let toml = cfg.to_toml_string()?;
+            std::fs::write(dir.join("config.toml"), toml).map_err(|e| TrainError::io(dir.join("config.toml"), e))?;
+            write_records(&dir.join("metrics.jsonl"), records)
+        })?;
+        checkpoint::prune(&ckpt_root, cfg.run.keep_checkpoints)?;
+        Ok(p)
+    };
+
+    while step < total {
+        if opts.stop_at.is_some_and(|s| step >= s) {
+            stopped_early = true;
+            break;
+        }
+        if max_wall.is_some_and(|m| session_start.elapsed().as_secs_f64() >= m) {
+            stopped_early = true;
+            progress(ProgressEvent::Message(format!("run.max_wall_minutes reached after step {step}")));
+            break;
+        }
+        let t0 = Instant::now();
+        let epoch = loader.state().epoch;
+        let lr = sched.step();
+        let mut acc = GradientsAccumulator::new();
+        let (mut loss_sum, mut acc_sum) = (0.0f64, 0.0f64);
+        for _ in 0..accum {
+            let batch = loader.next_batch()?;
+            let x = Tensor::<5>::from_data(TensorData::new(batch.data, batch.dims), &dev);
+            let ids: Vec<Vec<u32>> = batch.ids.iter().map(|id| tokens[id].clone()).collect();
+            model.text.check_ids(&ids)?;
+            let txt = model.encode_text(ClipTextEncoder::ids_tensor(&ids, &dev));
+            let img = encode_volume_train(&model, x)?;
+            acc_sum += batch_accuracy(&rows(img.clone().detach())?, &rows(txt.clone().detach())?);
+            let loss = clip_loss(img, txt, model.logit_scale.val());
+            let lv = loss.clone().into_scalar::<f32>() as f64;
+            if !lv.is_finite() {
+                return Err(TrainError::Train(format!("non-finite loss {lv} at step {step}")));
+            }
+            loss_sum += lv;
+            let grads = loss.div_scalar(accum as f64).backward();
+            acc.accumulate(&model, GradientsParams::from_grads(grads, &model));
+        }
+        model = clamp_logit_scale(optim.step(lr, model, acc.grads()));
+        step += 1;
+        let rec = ClipStepRecord {
+            step,
+            epoch,
+            lr,
+            loss: loss_sum / accum as f64,
+            logit_scale: model.logit_scale.val().into_scalar::<f32>() as f64,
+            batch_acc: acc_sum / accum as f64,
+            step_s: t0.elapsed().as_secs_f64(),
+        };
+        append_record(&metrics_path, &rec)?;
+        records.push(rec.clone());
+        let sps = (step - start_step) as f64 / session_start.elapsed().as_secs_f64().max(1e-9);
+        let losses = StepLosses { total: rec.loss, ..Default::default() };
+        progress(ProgressEvent::Step { step, total_steps: total, epoch, lr, losses, steps_per_s: sps });
+        if cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0 && step < total {
+            let elapsed = prior_elapsed + session_start.elapsed().as_secs_f64();
+            let p = save(step, &model, &optim, &sched, &loader, &records, elapsed)?;
+            progress(ProgressEvent::Checkpoint { step, path: p.clone() });
+            last_ckpt = Some(p);
+            clip_loss_curve(&records, bsz).save_png(&out.join("loss_curve.png"))?;
+        }
+    }
+    let session_wall = session_start.elapsed().as_secs_f64();
+    let elapsed = prior_elapsed + session_wall;
+    if step > start_step || last_ckpt.is_none() {
+        let p = save(step, &model, &optim, &sched, &loader, &records, elapsed)?;
+        progress(ProgressEvent::Checkpoint { step, path: p.clone() });
+        last_ckpt = Some(p);
+    }
+    let tail = &records[records.len().saturating_sub(50)..];
+    let k = tail.len().max(1) as f64;
+    let mut summary = ClipSummary {
+        out_dir: out.clone(),
+        steps_done: step,
+        total_steps: total,
+        session_steps: step - start_step,
+        session_wall_s: session_wall,
+        steps_per_s: (step - start_step) as f64 / session_wall.max(1e-9),
+        total_wall_s: elapsed,
+        resumed_from,
+        stopped_early,
+        final_loss: tail.iter().map(|r| r.loss).sum::<f64>() / k,
+        final_batch_acc: tail.iter().map(|r| r.batch_acc).sum::<f64>() / k,
+        chance_loss: (bsz as f64).ln(),
+        logit_scale: model.logit_scale.val().into_scalar::<f32>() as f64,
+        warmup_steps: warmup,
+        truncated_reports: truncated,
+        train_items: train_set.len(),
+        num_params,
+        last_checkpoint: last_ckpt,
+        final_dir: None,
+    };
+    if opts.stop_at.is_some() && stopped_early {
+        return Ok(summary);
+    }
+    let fin = out.join("final");
+    std::fs::create_dir_all(&fin).map_err(|e| TrainError::io(&fin, e))?;
+    let sdict = prefixed_state_dict(&model)?;
+    sdict.write_safetensors(&fin.join("clip.safetensors"), None)?;
+    write_safetensors_f16(&sdict, &fin.join("clip_f16.safetensors"))?;
+    text2ct_io::error::atomic_write_bytes(&fin.join("clip_config.json"), cfg.model.to_json().as_bytes())?;
+    text2ct_io::error::atomic_write_bytes(&fin.join("train_config.toml"), cfg.to_toml_string()?.as_bytes())?;
+    let curve = clip_loss_curve(&records, bsz);
+    curve.save_png(&out.join("loss_curve.png"))?;
+    curve.save_png(&fin.join("loss_curve.png"))?;
+    summary.final_dir = Some(fin.clone());
+    write_json(&fin.join("metrics.json"), &summary)?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_bits() {
+        for (v, b) in [(0.0f32, 0u16), (1.0, 0x3c00), (-2.0, 0xc000), (65504.0, 0x7bff), (1e-8, 0), (6.1035156e-5, 0x0400)]
+        {
+            assert_eq!(f32_to_f16_bits(v), b, "{v}");
+        }
+        // subnormal
+        assert_eq!(f32_to_f16_bits(5.9604645e-8), 1);
+        // rounding to nearest
+        assert_eq!(f32_to_f16_bits(1.0 + 1.0 / 2048.0 + 1e-7), 0x3c01);
+    }
+
+    #[test]
+    fn accuracy_of_identity() {
+        let e = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        assert_eq!(batch_accuracy(&e, &e), 1.0);
+    }
+}

@@ -1,0 +1,223 @@
+//! End-to-end 3D-CLIP training on a tiny model and data set.
+
+mod common;
+
+use std::path::Path;
+
+use text2ct_train::clip::{read_records, train_clip_with, ClipTrainConfig, ClipTrainOptions};
+use text2ct_train::TrainError;
+
+fn quiet() -> impl FnMut(text2ct_train::ProgressEvent) {
+    |_| {}
+}
+
+/// The blob data set of `common`, with a report naming each blob's position.
+fn dataset(dir: &Path, n: usize, seed: u64) -> std::path::PathBuf {
+    let m = common::tiny_dataset(dir, n, [16, 16, 8], seed);
+    let words = ["left", "centre left", "middle", "centre right", "right"];
+    let rows = ["front", "upper", "lower", "back"];
+    let s = std::fs::read_to_string(&m).unwrap();
+    let mut out = String::new();
+    for (i, line) in s.lines().enumerate() {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let a = (i as u64 * 7 + seed) % 5;
+        let b = (i as u64 * 3 + seed) % 4;
+        v["report"] = format!("Findings: a bright blob in the {} {} part. Impression: blob.", words[a as usize], rows[b as usize]).into();
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    std::fs::write(&m, out).unwrap();
+    m
+}
+
+fn config(train: &Path, out: &Path, steps: usize, extra_optim: &str) -> String {
+    format!(
+        r#"
+[model]
+projection_dim = 16
+
+[model.text_config]
+hidden_size = 16
+num_hidden_layers = 1
+num_attention_heads = 2
+intermediate_size = 32
+max_position_embeddings = 24
+projection_dim = 16
+
+[model.vision_config]
+dim = 16
+codebook_size = 64
+image_size = 16
+patch_size = 8
+temporal_patch_size = 4
+input_depth = 8
+spatial_depth = 1
+temporal_depth = 1
+dim_head = 8
+heads = 2
+
+[data]
+train_manifest = {train:?}
+batch_size = 4
+
+[optim]
+lr = 3e-3
+{extra_optim}
+
+[run]
+out_dir = {out:?}
+steps = {steps}
+checkpoint_every = 0
+"#,
+        train = train.to_string_lossy(),
+        out = out.to_string_lossy(),
+    )
+}
+
+#[test]
+fn loss_decreases_and_weights_load_with_text2ct_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dataset(&dir.path().join("train"), 4, 0);
+    let out = dir.path().join("run");
+    let cfg = ClipTrainConfig::from_toml_str(&config(&train, &out, 30, "")).unwrap();
+    assert_eq!(cfg.warmup_steps(), 6);
+    assert_eq!(cfg.optim.weight_decay, 1e-4);
+    let s = train_clip_with(&cfg, &ClipTrainOptions::default(), &mut quiet()).unwrap();
+    assert_eq!(s.steps_done, 30);
+    let recs = read_records(&out.join("metrics.jsonl")).unwrap();
+    assert_eq!(recs.len(), 30);
+    let first: f64 = recs[..5].iter().map(|r| r.loss).sum::<f64>() / 5.0;
+    let last: f64 = recs[25..].iter().map(|r| r.loss).sum::<f64>() / 5.0;
+    assert!(last < 0.5 * first, "InfoNCE did not decrease: first {first}, last {last}");
+    assert!(recs.iter().all(|r| (0.0..=text2ct_models::clip3d::LOGIT_SCALE_MAX + 1e-6).contains(&r.logit_scale)));
+    // warm-up then cosine
+    assert!(recs[0].lr < recs[5].lr && recs[29].lr < recs[6].lr);
+    for f in ["clip.safetensors", "clip_f16.safetensors", "clip_config.json", "train_config.toml", "metrics.json", "loss_curve.png"] {
+        assert!(out.join("final").join(f).is_file(), "missing final/{f}");
+    }
+    let sd = text2ct_models::StateDict::read_safetensors(&out.join("final/clip.safetensors")).unwrap();
+    assert!(sd.tensors.keys().all(|k| k.starts_with("model.")));
+    assert!(sd.tensors.contains_key("model.logit_scale"));
+    assert!(sd.tensors.contains_key("model.visual_projection.weight"));
+    let dev = text2ct_models::burn::tensor::Device::flex();
+    let mcfg = text2ct_models::Clip3dConfig::from_json_file(&out.join("final/clip_config.json")).unwrap();
+    let full = text2ct_models::Clip3d::load(&mcfg, &out.join("final/clip.safetensors"), &dev).unwrap();
+    let half = text2ct_models::Clip3d::load(&mcfg, &out.join("final/clip_f16.safetensors"), &dev).unwrap();
+    text2ct_models::ClipTextEncoder::load(&mcfg.text_config, &out.join("final/clip.safetensors"), &dev).unwrap();
+    let a = full.to_state_dict().unwrap();
+    let b = half.to_state_dict().unwrap();
+    for (k, t) in &a.tensors {
+        let u = &b.tensors[k];
+        for (x, y) in t.data.iter().zip(&u.data) {
+            assert!((x - y).abs() <= 1e-3 * x.abs().max(1e-2), "{k}: {x} vs {y}");
+        }
+    }
+    // The trained model separates its training pairs (text i is nearest to volume i).
+    let tok = text2ct_text::ClipTokenizer::default_embedded().unwrap();
+    let set = text2ct_train::data::VolumeSet::open(&train, None).unwrap();
+    let vols = text2ct_train::clip::embed_volumes(&full, &set, 2, &mut quiet()).unwrap();
+    let texts: Vec<String> = set.items.iter().map(|i| i.entry.report.clone()).collect();
+    let txt = text2ct_train::clip::embed_texts(&full, &tok, &texts, 3).unwrap();
+    let r = top1_recall(&txt, &vols);
+    assert!(r >= 0.5, "training-pair top-1 recall {r}");
+}
+
+fn top1_recall(t: &[Vec<f32>], v: &[Vec<f32>]) -> f64 {
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let hits = (0..t.len())
+        .filter(|&i| (0..v.len()).all(|j| j == i || dot(&t[i], &v[j]) < dot(&t[i], &v[i])))
+        .count();
+    hits as f64 / t.len() as f64
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    text2ct_models::StateDict::read_safetensors(path).unwrap().tensors.into_iter().map(|(k, t)| (k, t.data)).collect()
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dataset(&dir.path().join("train"), 6, 1);
+    let toml = |out: &Path| config(&train, out, 6, "grad_accum_steps = 2\ngrad_clip_norm = 1.0");
+    let opts = ClipTrainOptions::default();
+    let a = dir.path().join("a");
+    train_clip_with(&ClipTrainConfig::from_toml_str(&toml(&a)).unwrap(), &opts, &mut quiet()).unwrap();
+    let b = dir.path().join("b");
+    let mut cfg_b = ClipTrainConfig::from_toml_str(&toml(&b)).unwrap();
+    let s = train_clip_with(&cfg_b, &ClipTrainOptions { stop_at: Some(3) }, &mut quiet()).unwrap();
+    assert!(s.stopped_early);
+    assert_eq!(s.steps_done, 3);
+    match train_clip_with(&cfg_b, &opts, &mut quiet()) {
+        Err(TrainError::Config(m)) => assert!(m.contains("resume"), "{m}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    cfg_b.run.resume = true;
+    let s = train_clip_with(&cfg_b, &opts, &mut quiet()).unwrap();
+    assert_eq!(s.steps_done, 6);
+    assert!(s.resumed_from.is_some());
+    let wa = weights(&a.join("checkpoints/step-00000006/clip.safetensors"));
+    let wb = weights(&b.join("checkpoints/step-00000006/clip.safetensors"));
+    assert_eq!(wa.len(), wb.len());
+    let mut d = 0f32;
+    for ((ka, va), (kb, vb)) in wa.iter().zip(&wb) {
+        assert_eq!(ka, kb);
+        for (x, y) in va.iter().zip(vb) {
+            d = d.max((x - y).abs());
+        }
+    }
+    let ra = read_records(&a.join("metrics.jsonl")).unwrap();
+    let rb = read_records(&b.join("metrics.jsonl")).unwrap();
+    assert!(d <= 1e-6, "weights differ by {d}");
+    assert_eq!(ra.len(), 6);
+    assert_eq!(rb.len(), 6);
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!(x.step, y.step);
+        assert!((x.loss - y.loss).abs() <= 1e-6, "step {}: {} vs {}", x.step, x.loss, y.loss);
+        assert_eq!(x.lr, y.lr);
+    }
+}
+
+#[test]
+fn bad_configs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dataset(&dir.path().join("train"), 4, 0);
+    let out = dir.path().join("run");
+    let base = config(&train, &out, 5, "");
+    assert!(ClipTrainConfig::from_toml_str(&base.replace("batch_size = 4", "batch_size = 4\ntypo = 1")).is_err());
+    let c = ClipTrainConfig::from_toml_str(&base.replace("batch_size = 4", "batch_size = 1")).unwrap();
+    assert!(matches!(c.validate(), Err(TrainError::Config(_))));
+    // Vision input that does not match the volumes.
+    let c = ClipTrainConfig::from_toml_str(&base.replace("input_depth = 8", "input_depth = 16")).unwrap();
+    match train_clip_with(&c, &ClipTrainOptions::default(), &mut quiet()) {
+        Err(TrainError::Config(m)) => assert!(m.contains("expects"), "{m}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    // The TOML round trip (what checkpoints keep) parses back to the same config.
+    let c = ClipTrainConfig::from_toml_str(&base).unwrap();
+    assert_eq!(ClipTrainConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap(), c);
+}
+
+#[test]
+fn training_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dataset(&dir.path().join("train"), 6, 1);
+    let toml = |out: &Path| config(&train, out, 6, "grad_accum_steps = 2\ngrad_clip_norm = 1.0");
+    let opts = ClipTrainOptions::default();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    train_clip_with(&ClipTrainConfig::from_toml_str(&toml(&a)).unwrap(), &opts, &mut quiet()).unwrap();
+    train_clip_with(&ClipTrainConfig::from_toml_str(&toml(&b)).unwrap(), &opts, &mut quiet()).unwrap();
+    let ra = read_records(&a.join("metrics.jsonl")).unwrap();
+    let rb = read_records(&b.join("metrics.jsonl")).unwrap();
+    assert_eq!(ra.iter().map(|r| r.loss).collect::<Vec<_>>(), rb.iter().map(|r| r.loss).collect::<Vec<_>>());
+    let wa = weights(&a.join("checkpoints/step-00000006/clip.safetensors"));
+    let wb = weights(&b.join("checkpoints/step-00000006/clip.safetensors"));
+    let mut d = 0f32;
+    for ((_, va), (_, vb)) in wa.iter().zip(&wb) {
+        for (x, y) in va.iter().zip(vb) {
+            d = d.max((x - y).abs());
+        }
+    }
+    assert_eq!(d, 0.0, "two identical runs differ");
+}
+

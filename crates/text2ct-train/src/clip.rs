@@ -286,7 +286,8 @@ fn write_records(path: &Path, recs: &[ClipStepRecord]) -> Result<()> {
 
 fn append_record(path: &Path, r: &ClipStepRecord) -> Result<()> {
     let line = serde_json::to_string(r).map_err(|e| TrainError::Train(e.to_string()))?;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
     writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))
 }
 
@@ -323,10 +324,7 @@ pub fn clip_loss_curve(recs: &[ClipStepRecord], batch: usize) -> LinePlot {
 /// Training-mode image embedding: CT-ViT with the straight-through quantiser, pooled, projected,
 /// L2-normalised `[B, P]`. The forward value equals [`Clip3d::encode_volume`].
 pub fn encode_volume_train(model: &Clip3d, video: Tensor<5>) -> Result<Tensor<2>> {
-    let v = model
-        .vision
-        .as_ref()
-        .ok_or_else(|| TrainError::Train("the CLIP has no vision half".into()))?;
+    let v = model.vision.as_ref().ok_or_else(|| TrainError::Train("the CLIP has no vision half".into()))?;
     let vm = &v.vision_model;
     vm.check_input(video.dims())?;
     let tokens = vm.encode_tokens(vm.patch_embed(video));
@@ -648,7 +646,8 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     if let Some(dir) = &resumed_from {
         let st = checkpoint::read_state(dir)?;
         let saved = ClipTrainConfig::from_toml_str(
-            &std::fs::read_to_string(dir.join("config.toml")).map_err(|e| TrainError::io(dir.join("config.toml"), e))?,
+            &std::fs::read_to_string(dir.join("config.toml"))
+                .map_err(|e| TrainError::io(dir.join("config.toml"), e))?,
         )
         .map_err(|e| TrainError::ckpt(dir, format!("config.toml: {e}")))?;
         if saved.model != cfg.model {
@@ -815,7 +814,8 @@ mod tests {
 
     #[test]
     fn f16_bits() {
-        for (v, b) in [(0.0f32, 0u16), (1.0, 0x3c00), (-2.0, 0xc000), (65504.0, 0x7bff), (1e-8, 0), (6.1035156e-5, 0x0400)]
+        for (v, b) in
+            [(0.0f32, 0u16), (1.0, 0x3c00), (-2.0, 0xc000), (65504.0, 0x7bff), (1e-8, 0), (6.1035156e-5, 0x0400)]
         {
             assert_eq!(f32_to_f16_bits(v), b, "{v}");
         }

@@ -22,7 +22,11 @@ fn dataset(dir: &Path, n: usize, seed: u64) -> std::path::PathBuf {
         let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
         let a = (i as u64 * 7 + seed) % 5;
         let b = (i as u64 * 3 + seed) % 4;
-        v["report"] = format!("Findings: a bright blob in the {} {} part. Impression: blob.", words[a as usize], rows[b as usize]).into();
+        v["report"] = format!(
+            "Findings: a bright blob in the {} {} part. Impression: blob.",
+            words[a as usize], rows[b as usize]
+        )
+        .into();
         out.push_str(&v.to_string());
         out.push('\n');
     }
@@ -92,7 +96,14 @@ fn loss_decreases_and_weights_load_with_text2ct_names() {
     assert!(recs.iter().all(|r| (0.0..=text2ct_models::clip3d::LOGIT_SCALE_MAX + 1e-6).contains(&r.logit_scale)));
     // warm-up then cosine
     assert!(recs[0].lr < recs[5].lr && recs[29].lr < recs[6].lr);
-    for f in ["clip.safetensors", "clip_f16.safetensors", "clip_config.json", "train_config.toml", "metrics.json", "loss_curve.png"] {
+    for f in [
+        "clip.safetensors",
+        "clip_f16.safetensors",
+        "clip_config.json",
+        "train_config.toml",
+        "metrics.json",
+        "loss_curve.png",
+    ] {
         assert!(out.join("final").join(f).is_file(), "missing final/{f}");
     }
     let sd = text2ct_models::StateDict::read_safetensors(&out.join("final/clip.safetensors")).unwrap();
@@ -124,9 +135,7 @@ fn loss_decreases_and_weights_load_with_text2ct_names() {
 
 fn top1_recall(t: &[Vec<f32>], v: &[Vec<f32>]) -> f64 {
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-    let hits = (0..t.len())
-        .filter(|&i| (0..v.len()).all(|j| j == i || dot(&t[i], &v[j]) < dot(&t[i], &v[i])))
-        .count();
+    let hits = (0..t.len()).filter(|&i| (0..v.len()).all(|j| j == i || dot(&t[i], &v[j]) < dot(&t[i], &v[i]))).count();
     hits as f64 / t.len() as f64
 }
 
@@ -220,4 +229,3 @@ fn training_is_deterministic() {
     }
     assert_eq!(d, 0.0, "two identical runs differ");
 }
-

@@ -198,7 +198,13 @@ fn run_clip(a: ClipEvalArgs) -> Result<()> {
     let mut labels = Vec::with_capacity(set.len());
     for it in &set.items {
         if it.entry.labels.len() != names.len() {
-            bail!("{}: item {} has {} labels, expected {}", a.manifest.display(), it.entry.id, it.entry.labels.len(), names.len());
+            bail!(
+                "{}: item {} has {} labels, expected {}",
+                a.manifest.display(),
+                it.entry.id,
+                it.entry.labels.len(),
+                names.len()
+            );
         }
         labels.push(it.entry.labels.iter().map(|&l| l != 0).collect::<Vec<bool>>());
     }

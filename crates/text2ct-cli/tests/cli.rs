@@ -155,3 +155,48 @@ fn model_cards() {
     assert!(card.contains("\"fallback_scale_factor\": 1.0287"), "{card}");
     fails(&["model", "show", s(&d.join("none"))], "model.json");
 }
+
+#[test]
+fn train_vae_through_the_binary() {
+    let d = tmp("train");
+    let data = d.join("data");
+    ok(&["phantom", "--out", s(&data), "--count", "3", "--size", "16,16,8", "--seed", "1", "--split-fraction", "0.34"]);
+    let prepared = d.join("prepared");
+    for split in ["train", "valid"] {
+        let out = prepared.join(split);
+        ok(&[
+            "prepare",
+            "ctrate",
+            "--root",
+            s(&data),
+            "--split",
+            split,
+            "--out",
+            s(&out),
+            "--spacing",
+            "22,22,40",
+            "--size",
+            "16,16,8",
+        ]);
+    }
+    let cfg = d.join("vae.toml");
+    let toml = format!(
+        "[model]\nspatial_dims = 3\nin_channels = 1\nout_channels = 1\nlatent_channels = 4\nnum_channels = [4, 8, 8]\n\
+         num_res_blocks = [1, 1, 1]\nnorm_num_groups = 4\nnorm_eps = 1e-6\nattention_levels = [false, false, false]\n\
+         [data]\ntrain_manifest = {:?}\nval_manifest = {:?}\nbatch_size = 1\n[run]\nout_dir = {:?}\nsteps = 3\n\
+         checkpoint_every = 2\nseed = 0\n",
+        s(&prepared.join("train/manifest.jsonl")),
+        s(&prepared.join("valid/manifest.jsonl")),
+        s(&d.join("run"))
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let out = ok(&["train", "vae", "--config", s(&cfg)]);
+    assert!(out.contains("trained 3 / 3 steps"), "{out}");
+    assert!(out.contains("held-out (1 volumes)"), "{out}");
+    // Resuming a finished run with more steps continues from the checkpoint.
+    let out = ok(&["train", "vae", "--config", s(&cfg), "--resume", "--steps", "4"]);
+    assert!(out.contains("trained 4 / 4 steps (1 this session"), "{out}");
+    fails(&["train", "vae", "--config", s(&d.join("none.toml"))], "none.toml");
+    std::fs::write(&cfg, "[model]\nbogus = 1\n").unwrap();
+    fails(&["train", "vae", "--config", s(&cfg)], "bogus");
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use text2ct_train::config::RunConfig;
 use text2ct_train::{ProgressEvent, VaeTrainConfig};
 
 #[derive(clap::Subcommand)]
@@ -11,21 +12,21 @@ pub enum TrainCommand {
     /// Train the MAISI 3D VAE on a prepared manifest: L1 + KL + gradient "perceptual" term +
     /// 3D patch adversarial loss, AdamW, atomic checkpoints with exact resume, loss curve,
     /// previews and a held-out MAE/PSNR evaluation. See configs/train_vae_phantom.toml.
-    Vae(TrainVaeArgs),
+    Vae(TrainArgs),
     /// Train a 3D CLIP (text encoder + CT-ViT + projections) on prepared volumes and their
     /// reports: symmetric InfoNCE with a clamped learnable temperature, AdamW, cosine schedule
     /// with warm-up, exact resume; weights with Text2CT's key names. See
     /// configs/train_clip_phantom.toml.
-    Clip(TrainVaeArgs),
+    Clip(TrainArgs),
     /// Train the latent-diffusion U-Net (rectified flow L1 as released, or DDPM L2 as in the
     /// paper) on latents of a frozen VAE and text embeddings of a frozen CLIP text encoder
     /// (cached), CFG dropout, Adam + polynomial LR, exact resume; exports a model folder for
     /// `text2ct generate --model`. See configs/train_ldm_phantom.toml.
-    Ldm(TrainVaeArgs),
+    Ldm(TrainArgs),
 }
 
 #[derive(clap::Args)]
-pub struct TrainVaeArgs {
+pub struct TrainArgs {
     /// The training config (TOML; unknown keys are errors).
     #[arg(long)]
     pub config: PathBuf,
@@ -48,32 +49,43 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     }
 }
 
-fn vae(a: TrainVaeArgs) -> Result<()> {
-    let mut cfg = VaeTrainConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    if a.resume {
-        cfg.run.resume = true;
-    }
+/// Apply the command-line overrides to a run section.
+fn apply_overrides(run: &mut RunConfig, a: TrainArgs) {
+    run.resume |= a.resume;
     if let Some(s) = a.steps {
-        cfg.run.steps = s;
+        run.steps = s;
     }
     if let Some(o) = a.out_dir {
-        cfg.run.out_dir = o;
+        run.out_dir = o;
     }
-    cfg.validate()?;
-    let pb = ProgressBar::new(cfg.run.steps as u64);
+}
+
+/// The progress bar of every training command.
+fn training_bar(prefix: &'static str, steps: usize) -> ProgressBar {
+    let pb = ProgressBar::new(steps as u64);
     pb.set_style(
         ProgressStyle::with_template("{prefix:>6} [{bar:30.cyan/blue}] {pos}/{len} {msg} (eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    pb.set_prefix("train");
+    pb.set_prefix(prefix);
+    pb
+}
+
+fn on_start(pb: &ProgressBar, start_step: usize, resumed_from: Option<PathBuf>) {
+    pb.set_position(start_step as u64);
+    if let Some(p) = resumed_from {
+        pb.println(format!("resumed from {} (step {start_step})", p.display()));
+    }
+}
+
+fn vae(a: TrainArgs) -> Result<()> {
+    let mut cfg = VaeTrainConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    apply_overrides(&mut cfg.run, a);
+    cfg.validate()?;
+    let pb = training_bar("train", cfg.run.steps);
     let mut on_event = |ev: ProgressEvent| match ev {
-        ProgressEvent::Start { start_step, resumed_from, .. } => {
-            pb.set_position(start_step as u64);
-            if let Some(p) = resumed_from {
-                pb.println(format!("resumed from {} (step {start_step})", p.display()));
-            }
-        }
+        ProgressEvent::Start { start_step, resumed_from, .. } => on_start(&pb, start_step, resumed_from),
         ProgressEvent::Step { step, lr, losses: l, steps_per_s, epoch, .. } => {
             pb.set_position(step as u64);
             let adv = if l.d_loss > 0.0 { format!(" G {:.3} D {:.3}", l.g_adv, l.d_loss) } else { String::new() };
@@ -118,33 +130,14 @@ fn vae(a: TrainVaeArgs) -> Result<()> {
     Ok(())
 }
 
-fn ldm(a: TrainVaeArgs) -> Result<()> {
+fn ldm(a: TrainArgs) -> Result<()> {
     use text2ct_train::LdmTrainConfig;
     let mut cfg = LdmTrainConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    if a.resume {
-        cfg.run.resume = true;
-    }
-    if let Some(s) = a.steps {
-        cfg.run.steps = s;
-    }
-    if let Some(o) = a.out_dir {
-        cfg.run.out_dir = o;
-    }
+    apply_overrides(&mut cfg.run, a);
     cfg.validate()?;
-    let pb = ProgressBar::new(cfg.run.steps as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>6} [{bar:30.cyan/blue}] {pos}/{len} {msg} (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_prefix("ldm");
+    let pb = training_bar("ldm", cfg.run.steps);
     let mut on_event = |ev: ProgressEvent| match ev {
-        ProgressEvent::Start { start_step, resumed_from, .. } => {
-            pb.set_position(start_step as u64);
-            if let Some(p) = resumed_from {
-                pb.println(format!("resumed from {} (step {start_step})", p.display()));
-            }
-        }
+        ProgressEvent::Start { start_step, resumed_from, .. } => on_start(&pb, start_step, resumed_from),
         ProgressEvent::Step { step, lr, losses: l, steps_per_s, epoch, .. } => {
             pb.set_position(step as u64);
             pb.set_message(format!("ep {epoch} loss {:.4} lr {lr:.2e} {steps_per_s:.2} it/s", l.total));
@@ -178,33 +171,14 @@ fn ldm(a: TrainVaeArgs) -> Result<()> {
     Ok(())
 }
 
-fn clip(a: TrainVaeArgs) -> Result<()> {
+fn clip(a: TrainArgs) -> Result<()> {
     use text2ct_train::clip::{train_clip, ClipTrainConfig};
     let mut cfg = ClipTrainConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    if a.resume {
-        cfg.run.resume = true;
-    }
-    if let Some(s) = a.steps {
-        cfg.run.steps = s;
-    }
-    if let Some(o) = a.out_dir {
-        cfg.run.out_dir = o;
-    }
+    apply_overrides(&mut cfg.run, a);
     cfg.validate()?;
-    let pb = ProgressBar::new(cfg.run.steps as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>6} [{bar:30.cyan/blue}] {pos}/{len} {msg} (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_prefix("clip");
+    let pb = training_bar("clip", cfg.run.steps);
     let mut on_event = |ev: ProgressEvent| match ev {
-        ProgressEvent::Start { start_step, resumed_from, .. } => {
-            pb.set_position(start_step as u64);
-            if let Some(p) = resumed_from {
-                pb.println(format!("resumed from {} (step {start_step})", p.display()));
-            }
-        }
+        ProgressEvent::Start { start_step, resumed_from, .. } => on_start(&pb, start_step, resumed_from),
         ProgressEvent::Step { step, lr, losses: l, steps_per_s, epoch, .. } => {
             pb.set_position(step as u64);
             pb.set_message(format!("ep {epoch} InfoNCE {:.4} lr {lr:.2e} {steps_per_s:.2} it/s", l.total));

@@ -94,6 +94,26 @@ fn generate_from_reports_with_shards_and_resume() {
     assert!(ok, "{err}");
     let b = std::fs::read(d.join("p/prompt_seed6.nii.gz")).unwrap();
     assert_eq!(a, b);
+    // Another decode window gives a (slightly) different blend but the same geometry.
+    let (ok, _, err) = run(&[
+        "generate",
+        "--model",
+        ms,
+        "--prompt",
+        "Findings: Normal lungs. Impression: No acute finding.",
+        "--out",
+        d.join("w").to_str().unwrap(),
+        "--steps",
+        "2",
+        "--seed",
+        "6",
+        "--decode-window",
+        "8,8,4",
+    ]);
+    assert!(ok, "{err}");
+    let sc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("w/prompt_seed6.json")).unwrap()).unwrap();
+    assert_eq!(sc["size"], serde_json::json!([32, 32, 16]));
 }
 
 #[test]
@@ -108,6 +128,7 @@ fn generate_bad_input() {
         (&["generate", "--model", ms, "--prompt", "x", "--size", "30,32,16"], "multiples"),
         (&["generate", "--model", ms, "--prompt", "x", "--shard", "0/2"], "--shard"),
         (&["generate", "--model", ms, "--prompt", "x", "--device", "cuda"], "cuda"),
+        (&["generate", "--model", ms, "--prompt", "x", "--decode-window", "4,0,4"], "size"),
         (&["generate", "--model", ms, "--prompt", "x", "--sampler", "euler", "--steps", "1"], "euler"),
     ];
     for (args, want) in cases {

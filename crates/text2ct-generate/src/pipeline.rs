@@ -38,6 +38,9 @@ pub struct SampleOptions {
     pub exact: bool,
     /// Output size X, Y, Z (multiples of 4 × the U-Net's size multiple).
     pub size: [usize; 3],
+    /// VAE sliding window in latent voxels (clipped to the latent); `None` decodes in one pass.
+    /// Peak memory grows with the window's volume, not the output's.
+    pub decode_window: Option<[usize; 3]>,
 }
 
 /// A loaded model.
@@ -118,6 +121,7 @@ impl Pipeline {
             guidance: self.card.sampler.guidance,
             exact: self.card.sampler.exact,
             size: self.card.output.size,
+            decode_window: self.card.decode.window,
         }
     }
 
@@ -252,9 +256,17 @@ impl Pipeline {
     /// Decode a latent to HU: `z / scale_factor` → VAE (sliding window per the card) →
     /// `x·2000 − 1000`, clipped, truncated toward zero like NumPy's int16 cast.
     pub fn decode(&self, z: Tensor<5>, size: [usize; 3]) -> Result<Volume> {
+        self.decode_with_window(z, size, self.card.decode.window)
+    }
+
+    /// [`Pipeline::decode`] with an explicit sliding window (latent voxels; `None`: one pass).
+    pub fn decode_with_window(&self, z: Tensor<5>, size: [usize; 3], window: Option<[usize; 3]>) -> Result<Volume> {
+        if window.is_some_and(|w| w.contains(&0)) {
+            return Err(GenerateError::Invalid("the decode window must be positive on every axis".into()));
+        }
         let z = z.div_scalar(self.scale_factor as f32);
         let ld = z.dims();
-        let out = match self.card.decode.window {
+        let out = match window {
             Some(w) => {
                 let w = [w[0].min(ld[2]), w[1].min(ld[3]), w[2].min(ld[4])];
                 self.vae.decode_sliding_window(z, w, self.card.decode.overlap as f64).map_err(model_err)?
@@ -314,7 +326,7 @@ impl Pipeline {
         let z = self.sample(x, &ctx, opts, progress)?;
         let t_sample = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
-        let vol = self.decode(z, opts.size)?;
+        let vol = self.decode_with_window(z, opts.size, opts.decode_window)?;
         let t_decode = t2.elapsed().as_secs_f64();
         let mut sc = Sidecar {
             id: job.id.clone(),

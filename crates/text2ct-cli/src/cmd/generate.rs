@@ -56,6 +56,11 @@ pub struct GenerateArgs {
     /// reproduce a reference run exactly (single volume only).
     #[arg(long)]
     pub noise: Option<PathBuf>,
+    /// VAE sliding-window size X,Y,Z in latent voxels (default from the card; the release uses
+    /// 80,80,80, clipped to the latent). Peak memory grows with the window, not the volume: on a
+    /// CPU with 8 GiB use e.g. 32,32,16 for 512x512x128 outputs.
+    #[arg(long)]
+    pub decode_window: Option<String>,
     /// Device: cpu (the pure-Rust flex backend; the only one in this build).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -115,6 +120,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     opts.exact |= a.exact;
     if let Some(s) = &a.size {
         opts.size = parse_size(s)?;
+    }
+    if let Some(w) = &a.decode_window {
+        opts.decode_window = Some(parse_size(w)?);
     }
     if opts.steps == 0 {
         bail!("--steps must be at least 1");

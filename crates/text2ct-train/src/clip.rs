@@ -44,7 +44,7 @@ use text2ct_models::{clip_loss, Clip3d, Clip3dConfig, ClipTextEncoder, StateDict
 use text2ct_text::ClipTokenizer;
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::{RunConfig, ScheduleKind};
+use crate::config::{bad, toml_from_file, toml_from_str, toml_to_string, RunConfig, ScheduleKind};
 use crate::data::{Loader, LoaderOptions, VolumeSet};
 use crate::error::{Result, TrainError};
 use crate::metrics::moving_average;
@@ -169,25 +169,18 @@ impl Default for ClipScheduleConfig {
     }
 }
 
-fn bad<T>(m: impl Into<String>) -> Result<T> {
-    Err(TrainError::Config(m.into()))
-}
-
 impl ClipTrainConfig {
     pub fn from_toml_str(s: &str) -> Result<Self> {
-        toml::from_str(s).map_err(|e| TrainError::Config(e.to_string()))
+        toml_from_str(s)
     }
 
     /// Read and validate a TOML file; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let s = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let cfg = Self::from_toml_str(&s).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        cfg.validate().map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        Ok(cfg)
+        toml_from_file(path, Self::validate)
     }
 
     pub fn to_toml_string(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| TrainError::Config(format!("cannot serialise config: {e}")))
+        toml_to_string(self)
     }
 
     /// Warm-up steps: `round(warmup_fraction * run.steps)` (0 for the polynomial schedule).

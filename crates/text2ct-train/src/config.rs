@@ -306,8 +306,30 @@ impl Default for VaeLossConfig {
     }
 }
 
-fn bad<T>(msg: impl Into<String>) -> Result<T> {
+/// A configuration error.
+pub(crate) fn bad<T>(msg: impl Into<String>) -> Result<T> {
     Err(TrainError::Config(msg.into()))
+}
+
+/// Parse a training config from TOML text (no validation).
+pub(crate) fn toml_from_str<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    toml::from_str(s).map_err(|e| TrainError::Config(e.to_string()))
+}
+
+/// Read a TOML training config and validate it; errors name the file.
+pub(crate) fn toml_from_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl Fn(&T) -> Result<()>,
+) -> Result<T> {
+    let s = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let cfg = toml_from_str(&s).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+    validate(&cfg).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+    Ok(cfg)
+}
+
+/// A training config as TOML (what checkpoints keep).
+pub(crate) fn toml_to_string<T: Serialize>(cfg: &T) -> Result<String> {
+    toml::to_string_pretty(cfg).map_err(|e| TrainError::Config(format!("cannot serialise config: {e}")))
 }
 
 fn finite_nonneg(name: &str, v: f64) -> Result<()> {
@@ -320,20 +342,17 @@ fn finite_nonneg(name: &str, v: f64) -> Result<()> {
 impl VaeTrainConfig {
     /// Parse TOML text (no file checks; see [`VaeTrainConfig::validate`]).
     pub fn from_toml_str(s: &str) -> Result<Self> {
-        toml::from_str(s).map_err(|e| TrainError::Config(e.to_string()))
+        toml_from_str(s)
     }
 
     /// Read and validate a TOML file; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let s = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let cfg = Self::from_toml_str(&s).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        cfg.validate().map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        Ok(cfg)
+        toml_from_file(path, Self::validate)
     }
 
     /// The config as TOML (what checkpoints keep).
     pub fn to_toml_string(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| TrainError::Config(format!("cannot serialise config: {e}")))
+        toml_to_string(self)
     }
 
     /// Check values and that the manifests exist.

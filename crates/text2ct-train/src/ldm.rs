@@ -67,7 +67,7 @@ use text2ct_models::{
 };
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::{RunConfig, ScheduleConfig, ScheduleKind};
+use crate::config::{bad, toml_from_file, toml_from_str, toml_to_string, RunConfig, ScheduleConfig, ScheduleKind};
 use crate::data::{step_seed, LoaderState, VolumeSet};
 use crate::error::{Result, TrainError};
 use crate::metrics::{moving_average, MetricsLog, StepRecord};
@@ -300,25 +300,18 @@ impl Default for ExportConfig {
     }
 }
 
-fn bad<T>(msg: impl Into<String>) -> Result<T> {
-    Err(TrainError::Config(msg.into()))
-}
-
 impl LdmTrainConfig {
     pub fn from_toml_str(s: &str) -> Result<Self> {
-        toml::from_str(s).map_err(|e| TrainError::Config(e.to_string()))
+        toml_from_str(s)
     }
 
     /// Read and validate a TOML file; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let s = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let cfg = Self::from_toml_str(&s).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        cfg.validate().map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        Ok(cfg)
+        toml_from_file(path, Self::validate)
     }
 
     pub fn to_toml_string(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| TrainError::Config(format!("cannot serialise config: {e}")))
+        toml_to_string(self)
     }
 
     /// Check values and that the files exist.

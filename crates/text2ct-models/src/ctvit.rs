@@ -486,6 +486,55 @@ impl CosineCodebook {
         let idx = self.indices(x);
         (self.embed.clone().select(0, idx.clone()), idx)
     }
+
+    /// One training-mode EMA update of the codebook, exactly as `CosineSimCodebook.forward` of
+    /// `vector-quantize-pytorch` 1.1.2 does it with `threshold_ema_dead_code = 0` (CT-ViT's
+    /// setting): with `x` the `[n, dim]` tokens and `idx` their codes (from
+    /// [`CosineCodebook::indices`], computed *before* this update),
+    /// `bins_c = #{i: idx_i = c}`, `cluster_size <- lerp(cluster_size, bins, 1 - decay)`,
+    /// `m_c = l2norm(sum_{idx_i = c} l2norm(x_i) / max(bins_c, 1))` (or `l2norm(embed_c)` for an
+    /// unused code), `embed <- lerp(embed, m, 1 - decay)`. The reference's default decay is 0.8.
+    ///
+    /// Runs on host memory (the codebook is a buffer without gradient): `O(n·dim + codebook·dim)`.
+    pub fn ema_update(&mut self, x: Tensor<2>, idx: Tensor<1, Int>, decay: f32) {
+        let [n, d] = x.dims();
+        let [k, _] = self.embed.dims();
+        let dev = self.embed.device();
+        let xs: Vec<f32> = x.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 tokens");
+        let ids: Vec<i64> = idx.into_data().convert::<i64>().try_to_vec::<i64>().expect("int codes");
+        let mut embed: Vec<f32> = self.embed.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 codebook");
+        let mut cluster: Vec<f32> = self.cluster_size.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 sizes");
+        let mut bins = vec![0f32; k];
+        let mut sums = vec![0f32; k * d];
+        for (i, &c) in ids.iter().enumerate().take(n) {
+            let c = c as usize;
+            let row = &xs[i * d..(i + 1) * d];
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            bins[c] += 1.0;
+            for (s, v) in sums[c * d..(c + 1) * d].iter_mut().zip(row) {
+                *s += v / norm;
+            }
+        }
+        let l2 = |v: &mut [f32]| {
+            let nrm = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+            v.iter_mut().for_each(|a| *a /= nrm);
+        };
+        let w = 1.0 - decay;
+        for c in 0..k {
+            cluster[c] += w * (bins[c] - cluster[c]);
+            let mut m: Vec<f32> = if bins[c] == 0.0 {
+                embed[c * d..(c + 1) * d].to_vec()
+            } else {
+                sums[c * d..(c + 1) * d].iter().map(|s| s / bins[c]).collect()
+            };
+            l2(&mut m);
+            for (e, mv) in embed[c * d..(c + 1) * d].iter_mut().zip(&m) {
+                *e += w * (mv - *e);
+            }
+        }
+        self.embed = Tensor::<2>::from_data(TensorData::new(embed, [k, d]), &dev);
+        self.cluster_size = Tensor::<2>::from_data(TensorData::new(cluster, [1, k]), &dev);
+    }
 }
 
 /// CT-ViT's encoder half (what the CLIP uses) and the unused decoder heads of the checkpoint.

@@ -304,3 +304,41 @@ fn full_size_text_and_ctvit_run() {
     assert_eq!(q.dims(), [1, 8, 32, 32, 768]);
     println!("CT-ViT: 512x512x128 -> {:?} in {:.1} s", q.dims(), t.elapsed().as_secs_f64());
 }
+
+/// The training-mode EMA codebook update equals vector-quantize-pytorch 1.1.2's
+/// (`fixtures/gen_vq_ema_fixture.py`): same codes picked, same buffers after two updates.
+#[test]
+fn codebook_ema_update_matches_vector_quantize_pytorch() {
+    use burn::tensor::Int;
+    use text2ct_models::ctvit::CosineCodebook;
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures("ctvit/vq_ema.json")).unwrap()).unwrap();
+    let mat = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32)).collect()
+    };
+    let vecf = |v: &serde_json::Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
+    let (d, k) = (fx["dim"].as_u64().unwrap() as usize, fx["codebook_size"].as_u64().unwrap() as usize);
+    let decay = fx["decay"].as_f64().unwrap() as f32;
+    let dev = Device::flex();
+    let mut cb = CosineCodebook {
+        embed: Tensor::<2>::from_data(TensorData::new(mat(&fx["embed0"]), [k, d]), &dev),
+        initted: Tensor::<1>::ones([1], &dev),
+        cluster_size: Tensor::<2>::from_data(TensorData::new(vecf(&fx["cluster0"]), [1, k]), &dev),
+    };
+    for (s, step) in fx["steps"].as_array().unwrap().iter().enumerate() {
+        let xs = mat(&step["x"]);
+        let n = xs.len() / d;
+        let x = Tensor::<2>::from_data(TensorData::new(xs, [n, d]), &dev);
+        let idx = cb.indices(x.clone());
+        let got: Vec<i64> = idx.clone().into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+        let want: Vec<i64> = step["idx"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(got, want, "codes at update {s}");
+        let _: &Tensor<1, Int> = &idx;
+        cb.ema_update(x, idx, decay);
+        let e: Vec<f32> = cb.embed.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let c: Vec<f32> = cb.cluster_size.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let re = rel_l2_vec(&e, &mat(&step["embed"]));
+        let rc = rel_l2_vec(&c, &vecf(&step["cluster"]));
+        assert!(re < 1e-5 && rc < 1e-6, "update {s}: embed rel {re:e}, cluster_size rel {rc:e}");
+    }
+}

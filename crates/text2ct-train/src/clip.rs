@@ -13,8 +13,11 @@
 //! codebook row, which has no gradient. Training uses the straight-through estimator of
 //! `vector-quantize-pytorch` (`q = x + (quantize(x) - x).detach()`): the forward value is exactly
 //! what [`Clip3d::encode_volume`] computes at evaluation, and the gradient reaches the encoder.
-//! The codebook itself is kept at its (seeded, random) initialisation: the EMA codebook update of
-//! the reference is not implemented.
+//! The codebook follows the reference's EMA update (`[codebook] update = "ema"`, decay 0.8, as
+//! `vector-quantize-pytorch` 1.1.2 does in training mode, see
+//! [`text2ct_models::ctvit::CosineCodebook::ema_update`]): after each micro-batch's forward the
+//! codes move towards the mean direction of the tokens assigned to them. `update = "frozen"` keeps
+//! the seeded random codebook (what this trainer did before; it generalises worse).
 //!
 //! Text: `entry.report` of the manifest ("Findings: … Impression: …"), tokenised with
 //! [`ClipTokenizer::default_embedded`] to `text_config.max_position_embeddings` ids
@@ -35,7 +38,7 @@ use burn::module::{Module, Param};
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use text2ct_models::clip3d::LOGIT_SCALE_MAX;
 use text2ct_models::clip_text::l2_normalize;
@@ -69,7 +72,42 @@ pub struct ClipTrainConfig {
     pub optim: ClipOptimConfig,
     #[serde(default)]
     pub schedule: ClipScheduleConfig,
+    #[serde(default)]
+    pub codebook: CodebookConfig,
     pub run: RunConfig,
+}
+
+/// `[codebook]`: how CT-ViT's vector-quantisation codebook (a buffer, not a parameter) is trained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodebookConfig {
+    /// `ema` (default: the reference's exponential-moving-average update) or `frozen`.
+    #[serde(default = "d_cb_update")]
+    pub update: CodebookUpdate,
+    /// EMA decay (the reference's default 0.8).
+    #[serde(default = "d_cb_decay")]
+    pub decay: f32,
+}
+
+impl Default for CodebookConfig {
+    fn default() -> Self {
+        CodebookConfig { update: d_cb_update(), decay: d_cb_decay() }
+    }
+}
+
+/// See [`CodebookConfig::update`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodebookUpdate {
+    Ema,
+    Frozen,
+}
+
+fn d_cb_update() -> CodebookUpdate {
+    CodebookUpdate::Ema
+}
+fn d_cb_decay() -> f32 {
+    0.8
 }
 
 /// `[data]`.
@@ -197,6 +235,9 @@ impl ClipTrainConfig {
         if self.model.vision_config.channels != 1 {
             return bad("[model.vision_config] channels must be 1 (CT volumes)");
         }
+        if !(self.codebook.decay > 0.0 && self.codebook.decay < 1.0) {
+            return bad(format!("[codebook] decay must be in (0, 1); got {}", self.codebook.decay));
+        }
         let d = &self.data;
         if !d.train_manifest.is_file() {
             return bad(format!("data.train_manifest {} does not exist", d.train_manifest.display()));
@@ -317,13 +358,21 @@ pub fn clip_loss_curve(recs: &[ClipStepRecord], batch: usize) -> LinePlot {
 /// Training-mode image embedding: CT-ViT with the straight-through quantiser, pooled, projected,
 /// L2-normalised `[B, P]`. The forward value equals [`Clip3d::encode_volume`].
 pub fn encode_volume_train(model: &Clip3d, video: Tensor<5>) -> Result<Tensor<2>> {
+    Ok(encode_volume_train_codes(model, video)?.0)
+}
+
+/// [`encode_volume_train`] plus the detached tokens `[n, dim]` and their codes `[n]`, for
+/// [`text2ct_models::ctvit::CosineCodebook::ema_update`].
+pub fn encode_volume_train_codes(model: &Clip3d, video: Tensor<5>) -> Result<(Tensor<2>, Tensor<2>, Tensor<1, Int>)> {
     let v = model.vision.as_ref().ok_or_else(|| TrainError::Train("the CLIP has no vision half".into()))?;
     let vm = &v.vision_model;
     vm.check_input(video.dims())?;
     let tokens = vm.encode_tokens(vm.patch_embed(video));
-    let (q, _) = vm.quantize(tokens.clone().detach());
+    let [b, t, h, w, d] = tokens.dims();
+    let (q, idx) = vm.quantize(tokens.clone().detach());
+    let flat = tokens.clone().detach().reshape([b * t * h * w, d]);
     let st = tokens.clone() + (q - tokens).detach();
-    Ok(l2_normalize(v.visual_projection.forward(pool_tokens(st))))
+    Ok((l2_normalize(v.visual_projection.forward(pool_tokens(st))), flat, idx.reshape([b * t * h * w])))
 }
 
 /// The state dict with Text2CT's `model.` prefix (what [`Clip3d::load`] reads).
@@ -718,7 +767,12 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
             let ids: Vec<Vec<u32>> = batch.ids.iter().map(|id| tokens[id].clone()).collect();
             model.text.check_ids(&ids)?;
             let txt = model.encode_text(ClipTextEncoder::ids_tensor(&ids, &dev));
-            let img = encode_volume_train(&model, x)?;
+            let (img, flat, codes) = encode_volume_train_codes(&model, x)?;
+            if cfg.codebook.update == CodebookUpdate::Ema {
+                if let Some(v) = model.vision.as_mut() {
+                    v.vision_model.vq.ema_update(flat, codes, cfg.codebook.decay);
+                }
+            }
             acc_sum += batch_accuracy(&rows(img.clone().detach())?, &rows(txt.clone().detach())?);
             let loss = clip_loss(img, txt, model.logit_scale.val());
             let lv = loss.clone().into_scalar::<f32>() as f64;

@@ -92,7 +92,7 @@ fn loss_decreases_and_weights_load_with_text2ct_names() {
     assert_eq!(recs.len(), 30);
     let first: f64 = recs[..5].iter().map(|r| r.loss).sum::<f64>() / 5.0;
     let last: f64 = recs[25..].iter().map(|r| r.loss).sum::<f64>() / 5.0;
-    assert!(last < 0.5 * first, "InfoNCE did not decrease: first {first}, last {last}");
+    assert!(last < 0.7 * first && last < (4f64).ln(), "InfoNCE did not decrease: first {first}, last {last}");
     assert!(recs.iter().all(|r| (0.0..=text2ct_models::clip3d::LOGIT_SCALE_MAX + 1e-6).contains(&r.logit_scale)));
     // warm-up then cosine
     assert!(recs[0].lr < recs[5].lr && recs[29].lr < recs[6].lr);
@@ -228,4 +228,31 @@ fn training_is_deterministic() {
         }
     }
     assert_eq!(d, 0.0, "two identical runs differ");
+}
+
+/// `[codebook] update = "ema"` (the default) moves CT-ViT's codebook and its cluster sizes;
+/// `"frozen"` leaves both exactly at their initialisation.
+#[test]
+fn codebook_ema_moves_codes_frozen_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dataset(&dir.path().join("train"), 6, 2);
+    let run = |name: &str, extra: &str| {
+        let out = dir.path().join(name);
+        let toml = config(&train, &out, 2, "").replace("[run]", &format!("{extra}\n[run]"));
+        train_clip_with(&ClipTrainConfig::from_toml_str(&toml).unwrap(), &ClipTrainOptions::default(), &mut quiet())
+            .unwrap();
+        let w = weights(&out.join("checkpoints/step-00000002/clip.safetensors"));
+        let get = |k: &str| w.iter().find(|(n, _)| n.ends_with(k)).map(|(_, v)| v.clone()).unwrap();
+        (get("vq._codebook.embed"), get("vq._codebook.cluster_size"))
+    };
+    let (e_ema, c_ema) = run("ema", "");
+    let (e_fr, c_fr) = run("frozen", "[codebook]\nupdate = \"frozen\"");
+    assert!(c_fr.iter().all(|&c| c == 0.0), "frozen codebook counted usage");
+    // 2 steps x batch 4 x (2 x 2 x 2) tokens = 64 assignments, EMA-weighted: 0.2*(n2) + 0.16*(n1).
+    let total: f32 = c_ema.iter().sum();
+    assert!((total - (0.2 * 32.0 + 0.16 * 32.0)).abs() < 1e-3, "EMA cluster sizes sum to {total}");
+    let moved = e_ema.iter().zip(&e_fr).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 1e-3, "EMA did not move the codebook ({moved})");
+    let bad = config(&train, &dir.path().join("bad"), 2, "").replace("[run]", "[codebook]\ndecay = 1.5\n[run]");
+    assert!(ClipTrainConfig::from_toml_str(&bad).unwrap().validate().is_err());
 }

@@ -922,6 +922,29 @@ pub struct Unet {
     pub net: UnetNet,
 }
 
+/// [`InitSource`] with MONAI's `zero_module` layers zeroed (see [`Unet::new_for_training`]). The
+/// random stream is drawn for them anyway, so the other layers equal [`Unet::new`]'s.
+struct ZeroInit {
+    inner: InitSource,
+}
+
+impl ZeroInit {
+    fn zeroed(key: &str) -> bool {
+        key.contains(".conv2.conv.") || key.contains(".proj_out.conv.") || key.starts_with("out.2.conv.")
+    }
+}
+
+impl ParamSource for ZeroInit {
+    fn take(&mut self, key: &str, shape: &[usize], kind: ParamKind) -> Vec<f32> {
+        let v = self.inner.take(key, shape, kind);
+        if Self::zeroed(key) {
+            vec![0.0; v.len()]
+        } else {
+            v
+        }
+    }
+}
+
 /// A loaded U-Net checkpoint: the network and the latent scale factor saved beside it (Text2CT /
 /// MAISI checkpoints `{"unet_state_dict": ..., "scale_factor": ...}`; `None` for a bare state dict).
 #[derive(Debug, Clone)]
@@ -931,11 +954,20 @@ pub struct UnetCheckpoint {
 }
 
 impl Unet {
-    /// A freshly initialised U-Net (PyTorch-style default init from a seed; norms identity).
-    /// Note MONAI zero-initialises `conv2` of every ResBlock, `proj_out` and the output conv;
-    /// here they are random, which is what a forward-pass test wants.
+    /// A freshly initialised U-Net (PyTorch-style default init from a seed; norms identity),
+    /// every layer random, which is what a forward-pass test wants. For training use
+    /// [`Unet::new_for_training`].
     pub fn new(config: &UnetConfig, seed: u64, device: &Device) -> Result<Self> {
         let mut src = InitSource::new(seed);
+        let net = UnetNet::build(config, &mut src, device)?;
+        Ok(Unet { config: config.clone(), net })
+    }
+
+    /// MONAI's initialisation (`zero_module`): as [`Unet::new`] but `conv2` of every ResBlock,
+    /// every `proj_out` of the spatial transformers and the output conv (`out.2.conv`) start at
+    /// zero, so each residual branch starts as the identity and the first prediction is 0.
+    pub fn new_for_training(config: &UnetConfig, seed: u64, device: &Device) -> Result<Self> {
+        let mut src = ZeroInit { inner: InitSource::new(seed) };
         let net = UnetNet::build(config, &mut src, device)?;
         Ok(Unet { config: config.clone(), net })
     }

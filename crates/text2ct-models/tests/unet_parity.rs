@@ -208,3 +208,19 @@ fn text2ct_spec_matches_released_state_dict() {
     let n: usize = got.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
     assert_eq!(n, 217_659_524);
 }
+
+/// `Unet::new_for_training` is MONAI's init: the `zero_module` layers make the untrained network
+/// predict exactly 0 (the output conv is zero), while `Unet::new` (all random) does not.
+#[test]
+fn training_init_predicts_zero() {
+    let dev = Device::flex();
+    let dir = fixtures("unet_small");
+    let cfg = UnetConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let (x, t, cond) = small_inputs(&dir, &dev);
+    let run = |net: Unet| {
+        let y = net.try_forward(x.clone(), t.clone(), cond.context.clone(), cond.class_labels.clone(), cond.spacing.clone());
+        y.unwrap().abs().max().into_scalar::<f32>()
+    };
+    assert_eq!(run(Unet::new_for_training(&cfg, 5, &dev).unwrap()), 0.0);
+    assert!(run(Unet::new(&cfg, 5, &dev).unwrap()) > 1e-3);
+}

@@ -943,7 +943,7 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
 
     let dev = Device::flex().autodiff();
     let key_map = UnetKeyMap::new(&cfg.model)?;
-    let mut unet = Unet::new(&cfg.model, seed, &dev)?;
+    let mut unet = Unet::new_for_training(&cfg.model, seed, &dev)?;
     unet.net = params::assign_ids(unet.net, 0);
     let mut optim = optimizer(cfg);
     let mut sched = Schedule::from_config(&cfg.schedule, cfg.optim.lr, total)?;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fid;
 pub mod frechet;
 pub mod linalg;
+pub mod prompt_effects;
 pub mod retrieval;
 
 pub use error::{EvalError, Result};

@@ -75,6 +75,18 @@ pub struct CtVitConfig {
     /// `(B, C, D, H, W)` (CT-CLIP).
     #[serde(default = "d_layout")]
     pub input_layout: String,
+    /// Snap tokens to the codebook (CT-ViT, Text2CT, CT-CLIP: `true`, the default). `false` is a
+    /// text2ct option for small models trained from scratch: the continuous tokens are pooled
+    /// instead (the codebook keys stay in the state dict, unused). See docs/evaluation/clip.md.
+    #[serde(default = "d_true", skip_serializing_if = "is_true")]
+    pub quantize: bool,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl CtVitConfig {
@@ -93,6 +105,7 @@ impl CtVitConfig {
             channels: 1,
             input_depth: 128,
             input_layout: "HWD".into(),
+            quantize: true,
         }
     }
 
@@ -111,6 +124,7 @@ impl CtVitConfig {
             channels: 1,
             input_depth: 240,
             input_layout: "DHW".into(),
+            quantize: true,
         }
     }
 
@@ -553,6 +567,8 @@ pub struct CtVit {
     pub patch: [usize; 2],
     pub channels: usize,
     pub hwd: bool,
+    /// [`CtVitConfig::quantize`].
+    pub use_vq: bool,
 }
 
 impl CtVit {
@@ -586,6 +602,7 @@ impl CtVit {
             patch: [p, pt],
             channels: c,
             hwd: cfg.input_layout != "DHW",
+            use_vq: cfg.quantize,
         }
     }
 
@@ -665,7 +682,12 @@ impl CtVit {
         if let Err(e) = self.check_input(video.dims()) {
             panic!("{e}");
         }
-        self.quantize(self.encode_tokens(self.patch_embed(video))).0
+        let tokens = self.encode_tokens(self.patch_embed(video));
+        if self.use_vq {
+            self.quantize(tokens).0
+        } else {
+            tokens
+        }
     }
 
     pub(crate) fn export(&self, ex: &mut Export, key: &str) {

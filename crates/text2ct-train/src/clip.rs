@@ -369,8 +369,13 @@ pub fn encode_volume_train_codes(model: &Clip3d, video: Tensor<5>) -> Result<(Te
     vm.check_input(video.dims())?;
     let tokens = vm.encode_tokens(vm.patch_embed(video));
     let [b, t, h, w, d] = tokens.dims();
-    let (q, idx) = vm.quantize(tokens.clone().detach());
     let flat = tokens.clone().detach().reshape([b * t * h * w, d]);
+    if !vm.use_vq {
+        let dev = flat.device();
+        let emb = l2_normalize(v.visual_projection.forward(pool_tokens(tokens)));
+        return Ok((emb, flat, Tensor::<1, Int>::zeros([0], &dev)));
+    }
+    let (q, idx) = vm.quantize(tokens.clone().detach());
     let st = tokens.clone() + (q - tokens).detach();
     Ok((l2_normalize(v.visual_projection.forward(pool_tokens(st))), flat, idx.reshape([b * t * h * w])))
 }
@@ -768,7 +773,7 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
             model.text.check_ids(&ids)?;
             let txt = model.encode_text(ClipTextEncoder::ids_tensor(&ids, &dev));
             let (img, flat, codes) = encode_volume_train_codes(&model, x)?;
-            if cfg.codebook.update == CodebookUpdate::Ema {
+            if cfg.codebook.update == CodebookUpdate::Ema && cfg.model.vision_config.quantize {
                 if let Some(v) = model.vision.as_mut() {
                     v.vision_model.vq.ema_update(flat, codes, cfg.codebook.decay);
                 }

@@ -256,3 +256,31 @@ fn codebook_ema_moves_codes_frozen_keeps_them() {
     let bad = config(&train, &dir.path().join("bad"), 2, "").replace("[run]", "[codebook]\ndecay = 1.5\n[run]");
     assert!(ClipTrainConfig::from_toml_str(&bad).unwrap().validate().is_err());
 }
+
+/// `quantize = false` (continuous CT-ViT tokens): trains, keeps the option in the exported
+/// config, and the exported model's inference embedding separates the training pairs.
+#[test]
+fn unquantized_vision_trains_and_exports_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dataset(&dir.path().join("train"), 4, 0);
+    let out = dir.path().join("run");
+    let toml = config(&train, &out, 20, "").replace("heads = 2", "heads = 2\nquantize = false");
+    let cfg = ClipTrainConfig::from_toml_str(&toml).unwrap();
+    assert!(!cfg.model.vision_config.quantize);
+    train_clip_with(&cfg, &ClipTrainOptions::default(), &mut quiet()).unwrap();
+    let recs = read_records(&out.join("metrics.jsonl")).unwrap();
+    let first: f64 = recs[..4].iter().map(|r| r.loss).sum::<f64>() / 4.0;
+    let last: f64 = recs[16..].iter().map(|r| r.loss).sum::<f64>() / 4.0;
+    assert!(last < 0.7 * first, "first {first}, last {last}");
+    let json = std::fs::read_to_string(out.join("final/clip_config.json")).unwrap();
+    assert!(json.contains("\"quantize\": false") || json.contains("\"quantize\":false"), "{json}");
+    let mcfg = text2ct_models::Clip3dConfig::from_json_file(&out.join("final/clip_config.json")).unwrap();
+    let dev = text2ct_models::burn::tensor::Device::flex();
+    let full = text2ct_models::Clip3d::load(&mcfg, &out.join("final/clip.safetensors"), &dev).unwrap();
+    let tok = text2ct_text::ClipTokenizer::default_embedded().unwrap();
+    let set = text2ct_train::data::VolumeSet::open(&train, None).unwrap();
+    let vols = text2ct_train::clip::embed_volumes(&full, &set, 2, &mut quiet()).unwrap();
+    let texts: Vec<String> = set.items.iter().map(|i| i.entry.report.clone()).collect();
+    let txt = text2ct_train::clip::embed_texts(&full, &tok, &texts, 3).unwrap();
+    assert!(top1_recall(&txt, &vols) >= 0.5);
+}

@@ -1,0 +1,372 @@
+//! Does the prompt matter? Paired generation with and without a finding, compared with the
+//! finding's voxel signature in real (here: phantom) data.
+//!
+//! **Signature** of a finding `f` on a prepared set: `S_f = mean(volumes with f) − mean(volumes
+//! without f)` in HU, voxel by voxel. Other findings are drawn independently of `f` in the
+//! phantoms, so they cancel in the difference up to sampling noise; `S_f` is where and how `f`
+//! changes a scan (fluid at one lung base for a pleural effusion, a larger heart for
+//! cardiomegaly, darker lungs for emphysema, …).
+//!
+//! **Effect** of a prompt: for pair `k`, two volumes generated from the *same noise seed*, one
+//! from a report stating `f`, one from the same patient's report without findings;
+//! `Δ_k = with_k − without_k`. The table reports, for each prompted finding, the Pearson
+//! correlation (over voxels) of the mean effect `mean_k Δ_k` with every signature: a model whose
+//! text conditioning works puts the largest value on the diagonal (the prompted finding's own
+//! signature, e.g. a right effusion prompt correlates with the right-effusion signature more than
+//! with the left one). Also per row: how many single pairs correlate positively with their own
+//! signature, and the mean absolute voxel change in HU (0 would mean the prompt is ignored).
+//!
+//! The arrays compared must share one voxel order (the generation size equals the prepared size:
+//! the generator decodes in the layout it was trained on); a sanity value, the correlation of
+//! the mean generated volume with the mean real volume, is reported to catch a mismatch.
+
+use std::path::Path;
+
+use serde::Serialize;
+use text2ct_data::manifest::{read_manifest, volume_path, MappedVolume};
+
+use crate::error::{EvalError, Result};
+
+/// A finding whose voxel signature is unambiguous in the phantoms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FindingDef {
+    /// Short name used in tables, e.g. `right pleural effusion`.
+    pub name: String,
+    /// Index in the 18 CT-RATE labels.
+    pub label: usize,
+    /// `Some("Right")` / `Some("Left")`: only reports whose impression states that side
+    /// (`"Right pleural effusion."`); `None`: any report with the label.
+    pub side: Option<String>,
+}
+
+impl FindingDef {
+    pub fn new(name: &str, label: usize, side: Option<&str>) -> Self {
+        FindingDef { name: name.into(), label, side: side.map(Into::into) }
+    }
+
+    /// Whether a scan with these labels and this report shows the finding.
+    pub fn matches(&self, labels: &[u8], report: &str) -> bool {
+        if labels.get(self.label).copied().unwrap_or(0) == 0 {
+            return false;
+        }
+        match &self.side {
+            None => true,
+            Some(side) => {
+                let imp = report.split("Impression:").nth(1).unwrap_or("");
+                let label = text2ct_data::labels::LABELS[self.label].to_lowercase();
+                imp.contains(&format!("{side} {label}"))
+            }
+        }
+    }
+}
+
+/// The findings checked on phantoms: pleural effusion by side, cardiomegaly, lung nodule,
+/// emphysema (labels in CT-RATE order).
+pub fn phantom_findings() -> Vec<FindingDef> {
+    let idx = |name: &str| {
+        text2ct_data::labels::LABELS.iter().position(|l| *l == name).expect("a CT-RATE label")
+    };
+    vec![
+        FindingDef::new("right pleural effusion", idx("Pleural effusion"), Some("Right")),
+        FindingDef::new("left pleural effusion", idx("Pleural effusion"), Some("Left")),
+        FindingDef::new("cardiomegaly", idx("Cardiomegaly"), None),
+        FindingDef::new("lung nodule", idx("Lung nodule"), None),
+        FindingDef::new("emphysema", idx("Emphysema"), None),
+    ]
+}
+
+/// Per-finding signatures of a prepared set.
+#[derive(Clone, Debug)]
+pub struct Signatures {
+    pub findings: Vec<FindingDef>,
+    pub dims: [usize; 3],
+    /// `S_f` in HU, the prepared arrays' voxel order.
+    pub maps: Vec<Vec<f32>>,
+    /// `(with, without)` volume counts per finding.
+    pub counts: Vec<(usize, usize)>,
+    /// Mean of all volumes used (HU).
+    pub mean: Vec<f32>,
+}
+
+/// Compute [`Signatures`] from a prepared manifest (at most `limit` volumes, in manifest order).
+pub fn signatures(manifest: &Path, findings: &[FindingDef], limit: Option<usize>) -> Result<Signatures> {
+    let entries = read_manifest(manifest).map_err(|e| EvalError::Invalid(format!("{}: {e}", manifest.display())))?;
+    let n = limit.unwrap_or(usize::MAX).min(entries.len());
+    if n == 0 {
+        return Err(EvalError::Invalid(format!("{} holds no volumes", manifest.display())));
+    }
+    let dims = entries[0].dims;
+    let len: usize = dims.iter().product();
+    let mut with = vec![vec![0f64; len]; findings.len()];
+    let mut total = vec![0f64; len];
+    let mut counts = vec![(0usize, 0usize); findings.len()];
+    for e in &entries[..n] {
+        if e.dims != dims {
+            return Err(EvalError::Invalid(format!(
+                "{}: volume {} is {:?}, the first is {dims:?}",
+                manifest.display(),
+                e.id,
+                e.dims
+            )));
+        }
+        let p = volume_path(manifest, e);
+        let v = MappedVolume::open(&p).map_err(|err| EvalError::Invalid(format!("{}: {err}", p.display())))?;
+        let hu: Vec<f64> = (0..len).map(|i| v.hu(i) as f64).collect();
+        for (t, h) in total.iter_mut().zip(&hu) {
+            *t += h;
+        }
+        for (k, f) in findings.iter().enumerate() {
+            if f.matches(&e.labels, &e.report) {
+                counts[k].0 += 1;
+                for (w, h) in with[k].iter_mut().zip(&hu) {
+                    *w += h;
+                }
+            } else {
+                counts[k].1 += 1;
+            }
+        }
+    }
+    let mut maps = Vec::with_capacity(findings.len());
+    for (k, f) in findings.iter().enumerate() {
+        let (a, b) = counts[k];
+        if a == 0 || b == 0 {
+            return Err(EvalError::Invalid(format!(
+                "{}: no volumes {} {:?} among the first {n}; a signature needs both",
+                manifest.display(),
+                if a == 0 { "with" } else { "without" },
+                f.name
+            )));
+        }
+        // mean(without) = (total - with) / b
+        maps.push(
+            (0..len).map(|i| (with[k][i] / a as f64 - (total[i] - with[k][i]) / b as f64) as f32).collect(),
+        );
+    }
+    let mean = total.iter().map(|t| (t / n as f64) as f32).collect();
+    Ok(Signatures { findings: findings.to_vec(), dims, maps, counts, mean })
+}
+
+/// Pearson correlation of two equally long arrays (0 when either is constant).
+pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "pearson: lengths differ");
+    let n = a.len() as f64;
+    let ma = a.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let mb = b.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let (mut sab, mut saa, mut sbb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    if saa <= 0.0 || sbb <= 0.0 {
+        0.0
+    } else {
+        sab / (saa * sbb).sqrt()
+    }
+}
+
+/// One prompted finding's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct EffectRow {
+    pub finding: String,
+    pub pairs: usize,
+    /// Correlation of the mean effect with each signature (same order as
+    /// [`EffectReport::signatures`]).
+    pub correlation: Vec<f64>,
+    /// Correlation with the prompted finding's own signature.
+    pub own: f64,
+    /// Whether `own` is the largest value of the row.
+    pub own_is_largest: bool,
+    /// Pairs whose single `Δ_k` correlates positively with the own signature.
+    pub pairs_positive: usize,
+    /// Mean over pairs and voxels of `|Δ_k|`, HU.
+    pub mean_abs_change_hu: f64,
+}
+
+/// The whole table.
+#[derive(Clone, Debug, Serialize)]
+pub struct EffectReport {
+    pub signatures: Vec<String>,
+    pub signature_counts: Vec<(usize, usize)>,
+    pub rows: Vec<EffectRow>,
+    /// Correlation of the mean of all generated volumes with the mean real volume (layout check).
+    pub generated_vs_real_mean: f64,
+}
+
+/// Compare paired generations with the signatures. `pairs[f]` holds `(with, without)` volumes
+/// (HU, the signatures' voxel order) for finding `f` of `sig.findings`.
+pub fn effects(sig: &Signatures, pairs: &[Vec<(Vec<f32>, Vec<f32>)>]) -> Result<EffectReport> {
+    if pairs.len() != sig.findings.len() {
+        return Err(EvalError::Invalid(format!(
+            "{} findings with signatures but {} sets of pairs",
+            sig.findings.len(),
+            pairs.len()
+        )));
+    }
+    let len: usize = sig.dims.iter().product();
+    let mut gen_sum = vec![0f64; len];
+    let mut gen_n = 0usize;
+    let mut rows = Vec::new();
+    for (f, set) in pairs.iter().enumerate() {
+        if set.is_empty() {
+            return Err(EvalError::Invalid(format!("no pairs for {:?}", sig.findings[f].name)));
+        }
+        let mut mean_delta = vec![0f64; len];
+        let (mut positive, mut abs_sum) = (0usize, 0f64);
+        for (w, wo) in set {
+            if w.len() != len || wo.len() != len {
+                return Err(EvalError::Invalid(format!(
+                    "generated volumes have {} / {} voxels, the signatures {len} ({:?})",
+                    w.len(),
+                    wo.len(),
+                    sig.dims
+                )));
+            }
+            let delta: Vec<f32> = w.iter().zip(wo).map(|(a, b)| a - b).collect();
+            if pearson(&delta, &sig.maps[f]) > 0.0 {
+                positive += 1;
+            }
+            abs_sum += delta.iter().map(|d| d.abs() as f64).sum::<f64>() / len as f64;
+            for (m, d) in mean_delta.iter_mut().zip(&delta) {
+                *m += *d as f64 / set.len() as f64;
+            }
+            for (g, (a, b)) in gen_sum.iter_mut().zip(w.iter().zip(wo)) {
+                *g += (*a + *b) as f64;
+            }
+            gen_n += 2;
+        }
+        let md: Vec<f32> = mean_delta.iter().map(|&x| x as f32).collect();
+        let correlation: Vec<f64> = sig.maps.iter().map(|s| pearson(&md, s)).collect();
+        let own = correlation[f];
+        let own_is_largest = correlation.iter().enumerate().all(|(j, &c)| j == f || c < own);
+        rows.push(EffectRow {
+            finding: sig.findings[f].name.clone(),
+            pairs: set.len(),
+            correlation,
+            own,
+            own_is_largest,
+            pairs_positive: positive,
+            mean_abs_change_hu: abs_sum / set.len() as f64,
+        });
+    }
+    let gm: Vec<f32> = gen_sum.iter().map(|&g| (g / gen_n as f64) as f32).collect();
+    Ok(EffectReport {
+        signatures: sig.findings.iter().map(|f| f.name.clone()).collect(),
+        signature_counts: sig.counts.clone(),
+        rows,
+        generated_vs_real_mean: pearson(&gm, &sig.mean),
+    })
+}
+
+impl EffectReport {
+    /// How many rows put their largest correlation on their own signature.
+    pub fn diagonal_hits(&self) -> usize {
+        self.rows.iter().filter(|r| r.own_is_largest).count()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("serialisable")
+    }
+
+    /// A Markdown table: rows = prompted finding, columns = signatures (own value in bold).
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        s.push_str("| prompted finding | pairs |");
+        for n in &self.signatures {
+            s.push_str(&format!(" r with S({n}) |"));
+        }
+        s.push_str(" own largest | pairs with r > 0 | mean abs change (HU) |\n|---|---|");
+        for _ in &self.signatures {
+            s.push_str("---|");
+        }
+        s.push_str("---|---|---|\n");
+        for (i, r) in self.rows.iter().enumerate() {
+            s.push_str(&format!("| {} | {} |", r.finding, r.pairs));
+            for (j, c) in r.correlation.iter().enumerate() {
+                if i == j {
+                    s.push_str(&format!(" **{c:.3}** |"));
+                } else {
+                    s.push_str(&format!(" {c:.3} |"));
+                }
+            }
+            s.push_str(&format!(
+                " {} | {}/{} | {:.1} |\n",
+                if r.own_is_largest { "yes" } else { "no" },
+                r.pairs_positive,
+                r.pairs,
+                r.mean_abs_change_hu
+            ));
+        }
+        s.push_str(&format!(
+            "\nSignatures from {} (with/without) volumes. Layout check: the mean generated volume correlates \
+             {:.3} with the mean real volume. Rows with the largest value on their own signature: {}/{}.\n",
+            self.signature_counts.iter().map(|(a, b)| format!("{a}/{b}")).collect::<Vec<_>>().join(", "),
+            self.generated_vs_real_mean,
+            self.diagonal_hits(),
+            self.rows.len()
+        ));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pearson_known_values() {
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]) - 1.0).abs() < 1e-12);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert_eq!(pearson(&[1.0, 1.0], &[1.0, 2.0]), 0.0);
+        // numpy.corrcoef([1, 2, 4, 7], [1, 3, 2, 5])[0, 1]
+        assert!((pearson(&[1.0, 2.0, 4.0, 7.0], &[1.0, 3.0, 2.0, 5.0]) - 0.848367780597815).abs() < 1e-12);
+    }
+
+    #[test]
+    fn side_is_read_from_the_impression() {
+        let f = FindingDef::new("right pleural effusion", 12, Some("Right"));
+        let mut labels = vec![0u8; 18];
+        let r = "Findings: Right pleural effusion with a maximal thickness of 9 mm. Impression: Right pleural effusion.";
+        assert!(!f.matches(&labels, r));
+        labels[12] = 1;
+        assert!(f.matches(&labels, r));
+        assert!(!f.matches(&labels, "Findings: x. Impression: Left pleural effusion."));
+        assert!(!f.matches(&labels, "Findings: x. Impression: Bilateral pleural effusion."));
+    }
+
+    /// Pairs built to move along one signature are attributed to it and to no other.
+    #[test]
+    fn effects_put_a_planted_change_on_the_diagonal() {
+        let len = 64;
+        let a: Vec<f32> = (0..len).map(|i| if i < 16 { 100.0 } else { 0.0 }).collect();
+        let b: Vec<f32> = (0..len).map(|i| if (32..48).contains(&i) { -50.0 } else { 0.0 }).collect();
+        let sig = Signatures {
+            findings: vec![FindingDef::new("a", 0, None), FindingDef::new("b", 1, None)],
+            dims: [4, 4, 4],
+            maps: vec![a.clone(), b.clone()],
+            counts: vec![(3, 5), (4, 4)],
+            mean: (0..len).map(|i| i as f32).collect(),
+        };
+        let base: Vec<f32> = (0..len).map(|i| i as f32 + ((i * 7919) % 13) as f32).collect();
+        let mk = |s: &Vec<f32>, k: f32| -> (Vec<f32>, Vec<f32>) {
+            let noise: Vec<f32> = (0..len).map(|i| (((i as f32 + k) * 12.9898).sin() * 5.0)).collect();
+            let w: Vec<f32> = base.iter().zip(s).zip(&noise).map(|((x, d), n)| x + 0.7 * d + n).collect();
+            (w, base.clone())
+        };
+        let pairs = vec![vec![mk(&a, 1.0), mk(&a, 2.0)], vec![mk(&b, 3.0), mk(&b, 4.0), mk(&b, 5.0)]];
+        let rep = effects(&sig, &pairs).unwrap();
+        assert_eq!(rep.diagonal_hits(), 2);
+        assert!(rep.rows[0].own > 0.8 && rep.rows[1].own > 0.8, "{:?}", rep.rows);
+        assert_eq!(rep.rows[1].pairs_positive, 3);
+        assert!(rep.generated_vs_real_mean > 0.5, "{}", rep.generated_vs_real_mean);
+        let md = rep.to_markdown();
+        assert!(md.contains("**") && md.contains("| a | 2 |"), "{md}");
+        // Unchanged prompts: zero change, no correlation.
+        let same = vec![vec![(base.clone(), base.clone())], vec![(base.clone(), base.clone())]];
+        let rep = effects(&sig, &same).unwrap();
+        assert_eq!(rep.rows[0].mean_abs_change_hu, 0.0);
+        assert_eq!(rep.diagonal_hits(), 0);
+        assert!(effects(&sig, &pairs[..1]).is_err());
+    }
+}

@@ -310,3 +310,32 @@ fn embed_volume_from_manifest_equals_nifti() {
     .unwrap_err();
     assert!(e.contains("valid_0_a_1") && e.contains("volume shape"), "{e}");
 }
+
+/// `clip export-text` keeps only the text half (f16 when asked): the written file embeds text as
+/// the full checkpoint does (f16: to 1e-2) and has no vision keys; a non-checkpoint is refused.
+#[test]
+fn export_text_keeps_the_text_half() {
+    let d = tmp("export");
+    let (c, w, _) = tiny_full_vocab(&d);
+    let text = "Findings: Right pleural effusion. Impression: Effusion.";
+    let embed = |weights: &Path, tag: &str| -> Vec<f32> {
+        let out = d.join(format!("{tag}.npy"));
+        run(&["clip", "embed-text", "--config", s(&c), "--weights", s(weights), "--text", text, "--output", s(&out)])
+            .unwrap();
+        NpyArray::read(&out).unwrap().data
+    };
+    let want = embed(&w, "full");
+    for (tag, extra) in [("f32", None), ("f16", Some("--f16"))] {
+        let o = d.join(format!("text_{tag}.safetensors"));
+        let mut args = vec!["clip", "export-text", "--config", s(&c), "--weights", s(&w), "--output", s(&o)];
+        args.extend(extra);
+        run(&args).unwrap();
+        let sd = StateDict::read_safetensors(&o).unwrap();
+        assert!(sd.tensors.keys().all(|k| k.starts_with("model.text_") || k == "model.logit_scale"), "{:?}", sd.tensors.keys());
+        let e = rel_l2(&embed(&o, tag), &want);
+        assert!(e < if tag == "f16" { 1e-2 } else { 1e-6 }, "{tag}: {e}");
+    }
+    let err = run(&["clip", "export-text", "--config", s(&c), "--weights", s(&c), "--output", s(&d.join("x.safetensors"))])
+        .unwrap_err();
+    assert!(err.contains("tiny.json"), "{err}");
+}

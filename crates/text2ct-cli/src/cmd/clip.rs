@@ -40,6 +40,26 @@ pub enum ClipCommand {
     EmbedText(EmbedTextArgs),
     /// Embed CT volume(s) with the CLIP vision encoder (CT-ViT; normalised, [N, projection_dim]).
     EmbedVolume(EmbedVolumeArgs),
+    /// Write only the text half of a CLIP3D checkpoint (`model.text_model.*`,
+    /// `model.text_projection.weight`, `model.logit_scale`) as safetensors, optionally in f16:
+    /// what a generation model folder needs (the vision half is not used to generate).
+    ExportText(ExportTextArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportTextArgs {
+    /// CLIP3D config JSON.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// A CLIP3D checkpoint (.pt or .safetensors, keys model.*).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Output .safetensors.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Store f16 (half the size; read back as f32).
+    #[arg(long)]
+    pub f16: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -84,7 +104,36 @@ pub fn run(args: ClipArgs) -> anyhow::Result<()> {
     match args.command {
         ClipCommand::EmbedText(a) => embed_text(a),
         ClipCommand::EmbedVolume(a) => embed_volume(a),
+        ClipCommand::ExportText(a) => export_text(a),
     }
+}
+
+fn export_text(a: ExportTextArgs) -> anyhow::Result<()> {
+    if !a.output.to_string_lossy().to_lowercase().ends_with(".safetensors") {
+        bail!("--output must be a .safetensors file, got {}", a.output.display());
+    }
+    let cfg = text2ct_models::Clip3dConfig::from_json_file(&a.config)?;
+    let dev = text2ct_models::burn::tensor::Device::flex();
+    // Load strictly first, so a wrong or partial file is refused with every bad key named.
+    text2ct_models::ClipTextEncoder::load(&cfg.text_config, &a.weights, &dev)?;
+    let sd = text2ct_models::StateDict::read(&a.weights)?;
+    let mut out = text2ct_models::StateDict::default();
+    for (k, t) in sd.tensors {
+        let bare = k.strip_prefix("model.").unwrap_or(&k);
+        if bare.starts_with("text_model.") || bare == "text_projection.weight" || bare == "logit_scale" {
+            out.tensors.insert(format!("model.{bare}"), t);
+        }
+    }
+    let n = out.tensors.len();
+    if a.f16 {
+        text2ct_train::clip::write_safetensors_f16(&out, &a.output)?;
+    } else {
+        out.write_safetensors(&a.output, None)?;
+    }
+    text2ct_models::ClipTextEncoder::load(&cfg.text_config, &a.output, &dev)
+        .map_err(|e| anyhow::anyhow!("the written file does not load back: {e}"))?;
+    println!("wrote {} ({n} tensors{})", a.output.display(), if a.f16 { ", f16" } else { "" });
+    Ok(())
 }
 
 fn check_output(p: &Path) -> anyhow::Result<()> {

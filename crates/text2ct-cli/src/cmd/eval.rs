@@ -22,6 +22,10 @@ pub enum EvalCommand {
     /// report-to-volume Recall@K (K = 5, 10, 50, 100) against random baselines. Writes
     /// clip_eval.json and clip_eval.md.
     Clip(ClipEvalArgs),
+    /// Does the prompt matter? Paired generations with and without a finding (pleural effusion
+    /// by side, cardiomegaly, lung nodule, emphysema; same noise) compared with each finding's
+    /// voxel signature in a prepared phantom set. Writes effects.json, effects.md, effects.png.
+    PromptEffects(crate::cmd::effects::PromptEffectsArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,6 +92,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Fid(a) => run_fid(a),
         EvalCommand::Clip(a) => run_clip(a),
+        EvalCommand::PromptEffects(a) => crate::cmd::effects::run(a),
     }
 }
 

@@ -92,6 +92,32 @@ pub struct ConditioningRef {
     /// Class label (MAISI modality; the release passes 1 = CT); absent when the U-Net has none.
     #[serde(default)]
     pub class_label: Option<i64>,
+    /// Per-dimension standardisation of the text embedding, `(e - mean) / std`, applied before
+    /// the U-Net (the unconditional context stays zeros, i.e. the mean embedding). Absent for
+    /// the release (raw CLIP embedding); `text2ct train ldm` writes it with
+    /// `[text_encoder] standardize = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_norm: Option<ContextNorm>,
+}
+
+/// See [`ConditioningRef::context_norm`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextNorm {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl ContextNorm {
+    /// Apply in place to one or more embeddings of `mean.len()` values each.
+    pub fn apply(&self, x: &mut [f32]) {
+        let d = self.mean.len();
+        for row in x.chunks_mut(d) {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *v = (*v - m) / s;
+            }
+        }
+    }
 }
 
 /// VAE decoding.
@@ -200,7 +226,11 @@ impl ModelCard {
                                512x512x128 whatever their extent)"
                     .into(),
             },
-            conditioning: ConditioningRef { spacing_input: Some([75.0, 75.0, 300.0]), class_label: Some(1) },
+            conditioning: ConditioningRef {
+                spacing_input: Some([75.0, 75.0, 300.0]),
+                class_label: Some(1),
+                context_norm: None,
+            },
             decode: DecodeRef { window: Some([80, 80, 80]), overlap: 0.4 },
         }
     }
@@ -234,6 +264,15 @@ impl ModelCard {
         }
         if self.sampler.steps == 0 || !self.sampler.guidance.is_finite() {
             return bad("sampler steps must be > 0 and guidance finite".into());
+        }
+        if let Some(n) = &self.conditioning.context_norm {
+            if n.mean.is_empty()
+                || n.mean.len() != n.std.len()
+                || n.mean.iter().any(|v| !v.is_finite())
+                || n.std.iter().any(|v| !(v.is_finite() && *v > 0.0))
+            {
+                return bad("conditioning.context_norm needs equally long mean and std, finite, std > 0".into());
+            }
         }
         if self.output.size.iter().any(|&s| s == 0 || s % 4 != 0) {
             return bad(format!("output size {:?} must be positive multiples of 4", self.output.size));

@@ -145,6 +145,20 @@ impl Pipeline {
         let (ids, truncated) = self.tokenizer.encode_padded(prompt, self.card.tokenizer.max_length);
         let ctx = self.text.encode_ids(&[ids]).map_err(model_err)?;
         let d = ctx.dims()[1];
+        let ctx = match &self.card.conditioning.context_norm {
+            None => ctx,
+            Some(n) => {
+                if n.mean.len() != d {
+                    return Err(GenerateError::Invalid(format!(
+                        "conditioning.context_norm has {} dimensions, the text encoder gives {d}",
+                        n.mean.len()
+                    )));
+                }
+                let mut v = ctx.into_data().convert::<f32>().try_into_vec::<f32>().map_err(model_err)?;
+                n.apply(&mut v);
+                Tensor::from_data(TensorData::new(v, [1, d]), &self.device)
+            }
+        };
         Ok((ctx.reshape([1, 1, d]), truncated))
     }
 

@@ -120,6 +120,14 @@ pub struct TextEncoderConfig {
     /// (512 for Text2CT's).
     #[serde(default)]
     pub max_length: Option<usize>,
+    /// Standardise every context dimension with the mean and std of the cached training
+    /// embeddings (stored in the model card, applied again at generation; the CFG-dropped
+    /// context stays zeros = the mean embedding). Default false: the release feeds the raw CLIP
+    /// embedding. Useful when the encoder's embeddings differ little between reports (a small
+    /// CLIP early in training: cosine similarities ~0.99), which the U-Net otherwise has to
+    /// amplify itself.
+    #[serde(default)]
+    pub standardize: bool,
 }
 
 /// `[data]`.
@@ -781,6 +789,27 @@ impl Order {
     }
 }
 
+/// Per-dimension mean and (population) std of every cached text embedding, for
+/// `[text_encoder] standardize` (std floored at 1e-6).
+pub fn context_stats(cache: &LatentCache) -> Result<text2ct_generate::card::ContextNorm> {
+    let d = cache.text_dim;
+    let (mut sum, mut sq) = (vec![0f64; d], vec![0f64; d]);
+    for (id, _, tp, _) in &cache.items {
+        let t = NpyArray::read(tp)?;
+        if t.data.len() != d {
+            return Err(TrainError::Data(format!("cache item {id}: text {:?} differs from the first", t.shape)));
+        }
+        for (k, v) in t.data.iter().enumerate() {
+            sum[k] += *v as f64;
+            sq[k] += (*v as f64) * (*v as f64);
+        }
+    }
+    let n = cache.items.len().max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std = sq.iter().zip(&mean).map(|(q, m)| ((q / n - m * m).max(0.0).sqrt().max(1e-6)) as f32).collect();
+    Ok(text2ct_generate::card::ContextNorm { mean: mean.into_iter().map(|m| m as f32).collect(), std })
+}
+
 /// One micro-batch: latents `[B, C, x, y, z]` (unscaled), contexts `[B, 1, D]`, spacings.
 #[allow(clippy::type_complexity)]
 fn load_batch(cache: &LatentCache, idx: &[usize]) -> Result<(Vec<f32>, Vec<f32>, Vec<[f64; 3]>)> {
@@ -940,6 +969,7 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
     let sample_numel = lc * lx * ly * lz;
     let latent_numel = (lx * ly * lz) as u64;
     let d_ctx = cache.text_dim;
+    let context_norm = if cfg.text_encoder.standardize { Some(context_stats(&cache)?) } else { None };
 
     let dev = Device::flex().autodiff();
     let key_map = UnetKeyMap::new(&cfg.model)?;
@@ -1083,6 +1113,9 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
                 }
             }
             let mut c = ctx;
+            if let Some(n) = &context_norm {
+                n.apply(&mut c);
+            }
             for (b, &d) in draw.drop.iter().enumerate() {
                 if d {
                     c[b * d_ctx..(b + 1) * d_ctx].iter_mut().for_each(|v| *v = 0.0);
@@ -1281,6 +1314,7 @@ fn export_model(
         conditioning: ConditioningRef {
             spacing_input: cfg.model.include_spacing_input.then(|| sp.map(|m| (m * 100.0) as f32)),
             class_label: cfg.model.num_class_embeds.map(|_| 1),
+            context_norm: if cfg.text_encoder.standardize { Some(context_stats(cache)?) } else { None },
         },
         decode: DecodeRef { window: e.decode_window, overlap: 0.25 },
     };

@@ -273,7 +273,7 @@ fn example_config_parses_and_whole_clip_configs_give_their_text_block() {
     let c = LdmTrainConfig::from_toml_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     c.model.validate().unwrap();
     assert_eq!(c.model.cross_attention_dim, Some(64));
-    assert_eq!((c.schedule.power, c.objective.cfg_dropout, c.optim.lr), (2.0, 0.1, 1e-4));
+    assert_eq!((c.schedule.power, c.objective.cfg_dropout, c.optim.lr), (2.0, 0.1, 5e-4));
     assert!(UnetKeyMap::new(&c.model).unwrap().entries.iter().any(|e| e.0 == "conv_in.conv.weight"));
     // Defaults: polynomial power 2, rflow, Adam, dropout 0.1.
     let t = tempfile::tempdir().unwrap();
@@ -299,4 +299,45 @@ fn example_config_parses_and_whole_clip_configs_give_their_text_block() {
     let (tc, json) = text2ct_train::ldm::read_text_config(&p).unwrap();
     assert_eq!((tc.hidden_size, tc.projection_dim, tc.max_position_embeddings), (8, 16, 40));
     assert_eq!(json["projection_dim"], 16);
+}
+
+/// `[text_encoder] standardize = true`: the card stores the per-dimension mean / std of the
+/// cached training embeddings, and the pipeline's prompt context is `(raw - mean) / std`.
+#[test]
+fn standardized_context_is_stored_and_applied_at_generation() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let mut cfg = config(d, "s", 2, "", "rflow", 1e-3, 4);
+    cfg.text_encoder.standardize = true;
+    let mut q = quiet();
+    train_ldm_with(&cfg, &LdmTrainOptions::default(), &mut q).unwrap();
+    let mut rows = Vec::new();
+    for e in std::fs::read_dir(d.join("s/cache/text")).unwrap() {
+        rows.push(text2ct_io::npy::NpyArray::read(&e.unwrap().path()).unwrap().data);
+    }
+    let dim = rows[0].len();
+    let n = rows.len() as f64;
+    let dev = Device::flex();
+    let pipe = text2ct_generate::pipeline::Pipeline::load(&d.join("s/model"), &dev).unwrap();
+    let norm = pipe.card.conditioning.context_norm.clone().expect("context_norm in the card");
+    assert_eq!(norm.mean.len(), dim);
+    for k in 0..dim {
+        let m = rows.iter().map(|r| r[k] as f64).sum::<f64>() / n;
+        let s = (rows.iter().map(|r| (r[k] as f64 - m).powi(2)).sum::<f64>() / n).sqrt();
+        assert!((norm.mean[k] as f64 - m).abs() < 1e-5 && (norm.std[k] as f64 - s.max(1e-6)).abs() < 1e-5, "dim {k}");
+    }
+    let prompt = "Findings: nodule left.";
+    let (ctx, _) = pipe.encode_prompt(prompt).unwrap();
+    let got = ctx.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    let (ids, _) = pipe.tokenizer.encode_padded(prompt, pipe.card.tokenizer.max_length);
+    let raw = pipe.text.encode_ids(&[ids]).unwrap().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    for k in 0..dim {
+        let want = (raw[k] - norm.mean[k]) / norm.std[k];
+        assert!((got[k] - want).abs() < 1e-4 * want.abs().max(1.0), "dim {k}: {} vs {want}", got[k]);
+    }
+    // A card whose norm does not fit the encoder is refused.
+    let mut bad = pipe.card.clone();
+    bad.conditioning.context_norm.as_mut().unwrap().std[0] = 0.0;
+    assert!(bad.validate(&d.join("s/model")).is_err());
 }

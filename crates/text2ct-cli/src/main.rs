@@ -23,7 +23,8 @@ enum Command {
     /// Run the end-to-end demo on the embedded default: make a small phantom data set, prepare
     /// it as CT-RATE is prepared, and write previews.
     Demo(cmd::demo::DemoArgs),
-    /// Evaluate generated volumes: FID (2.5D / 3D) between a real and a generated set.
+    /// Evaluate: FID (2.5D / 3D), the 3D-CLIP protocol, the guidance sweep, and the one-command
+    /// report of every configured table.
     #[command(subcommand)]
     Eval(cmd::eval::EvalCommand),
     /// Write a procedural chest-CT phantom data set (volumes, reports, the 18 CT-RATE labels,

@@ -118,6 +118,24 @@ impl VolumeSet {
         Ok(VolumeSet { path: path.to_path_buf(), kind: kind.to_string(), ids, items })
     }
 
+    /// A set of exactly these NIfTI files (in this order), named `path` in reports; what an
+    /// experiment that wrote the files uses so that stray files in the folder never count.
+    pub fn from_nifti_files(path: &Path, files: &[PathBuf]) -> FidResult<Self> {
+        if files.is_empty() {
+            return input(format!("{}: the set holds no volumes", path.display()));
+        }
+        if let Some(f) = files.iter().find(|f| !f.is_file()) {
+            return input(format!("{}: no such file", f.display()));
+        }
+        let ids = files.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+        Ok(VolumeSet {
+            path: path.to_path_buf(),
+            kind: "nifti-files".into(),
+            ids,
+            items: files.iter().cloned().map(Item::Nifti).collect(),
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }

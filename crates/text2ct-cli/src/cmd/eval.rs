@@ -1,5 +1,7 @@
 //! `text2ct eval`: evaluation of generated volumes. `eval fid`: FID between a real and a fake
-//! set (MAISI's 2.5D protocol and/or a 3D protocol), written as `fid.json` and `fid.md`.
+//! set (MAISI's 2.5D protocol and/or a 3D protocol), written as `fid.json` and `fid.md`;
+//! `eval clip`: the 3D-CLIP protocol; `eval sweep`: the guidance sweep (Figure 3); `eval report`:
+//! every configured table in one folder. The logic lives in text2ct-eval and text2ct-bench.
 
 use std::path::PathBuf;
 
@@ -26,6 +28,84 @@ pub enum EvalCommand {
     /// by side, cardiomegaly, lung nodule, emphysema; same noise) compared with each finding's
     /// voxel signature in a prepared phantom set. Writes effects.json, effects.md, effects.png.
     PromptEffects(crate::cmd::effects::PromptEffectsArgs),
+    /// The guidance sweep (the paper's Figure 3): generate the test reports at every guidance
+    /// scale w from the same noise (only w changes), then FID 3D (and 2.5D with a 2D backbone)
+    /// of each scale's set against the real set. Writes OUT/w{w}/ volumes, sweep.json, sweep.md,
+    /// sweep.png; re-running skips volumes already written. See docs/evaluation/report.md.
+    Sweep(SweepArgs),
+    /// The one-command evaluation report: run the sections an EVAL.toml configures ([fid] →
+    /// Table 2, [clip] → Table 4, [sweep] → Figure 3) and write report.md, report.json, the PNGs
+    /// and a provenance block into one folder (configs/eval_phantom.toml; docs/evaluation/report.md).
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// The evaluation config (TOML; relative paths are taken from the working directory).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// The model folder (model.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The test reports (CT-RATE reports CSV, or a CSV with id and prompt columns).
+    #[arg(long)]
+    pub reports: PathBuf,
+    /// The real set (NIfTI folder, prepared folder or manifest.jsonl).
+    #[arg(long)]
+    pub real: PathBuf,
+    /// Guidance scales, comma-separated.
+    #[arg(long, default_value = "0,1,3,5,7,10,15")]
+    pub guidance: String,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Volumes per report (seeds seed + row * K + k, the same at every scale).
+    #[arg(long, default_value_t = 1)]
+    pub count_per_report: usize,
+    /// Sampling steps (default: the model card's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Base seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use only the first N reports.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Output size X,Y,Z (default: the card's).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// VAE sliding window in latent voxels X,Y,Z (default: the card's).
+    #[arg(long)]
+    pub decode_window: Option<String>,
+    /// FID backbone (at most one 3D and one 2D): ctnet (a trained classifier's weights: the
+    /// offline choice for phantoms), medicalnet-resnet10/18/34/50, resnet50-2d, resnet18-2d.
+    #[arg(long, required = true)]
+    pub backbone: Vec<String>,
+    /// Weights for each --backbone, in order.
+    #[arg(long, required = true)]
+    pub weights: Vec<PathBuf>,
+    /// Optional JSON architecture for each --backbone, in order.
+    #[arg(long)]
+    pub backbone_config: Vec<PathBuf>,
+    /// Pad/crop every volume to X,Y,Z before the FID (default: the sets must share one grid).
+    #[arg(long)]
+    pub fid_size: Option<String>,
+    /// Planes of the 2.5D FID.
+    #[arg(long, default_value = "axial,coronal,sagittal")]
+    pub planes: String,
+    /// Fraction of central slices per plane in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    pub center_fraction: f64,
+    /// Slices per forward pass of the 2D backbone.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
 }
 
 #[derive(clap::Args)]
@@ -93,6 +173,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         EvalCommand::Fid(a) => run_fid(a),
         EvalCommand::Clip(a) => run_clip(a),
         EvalCommand::PromptEffects(a) => crate::cmd::effects::run(a),
+        EvalCommand::Sweep(a) => run_sweep(a),
+        EvalCommand::Report(a) => run_report(a),
     }
 }
 
@@ -192,56 +274,95 @@ fn run_fid(a: FidArgs) -> Result<()> {
 }
 
 fn run_clip(a: ClipEvalArgs) -> Result<()> {
-    use text2ct_eval::clip_eval::{evaluate, ClipEvalInput, PromptStyle};
-    use text2ct_train::clip::{embed_texts, embed_volumes, load_trained, logit_multiplier, resolve_model};
-    let dev = Device::flex();
-    let (_, weights) = resolve_model(&a.model)?;
-    let model = load_trained(&a.model, &dev).with_context(|| format!("loading {}", a.model.display()))?;
-    let set = text2ct_train::data::VolumeSet::open(&a.manifest, a.limit)?;
-    let tok = text2ct_text::ClipTokenizer::default_embedded().map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-    let names = text2ct_data::labels::LABELS;
-    let mut labels = Vec::with_capacity(set.len());
-    for it in &set.items {
-        if it.entry.labels.len() != names.len() {
-            bail!(
-                "{}: item {} has {} labels, expected {}",
-                a.manifest.display(),
-                it.entry.id,
-                it.entry.labels.len(),
-                names.len()
-            );
-        }
-        labels.push(it.entry.labels.iter().map(|&l| l != 0).collect::<Vec<bool>>());
-    }
-    eprintln!("embedding {} volumes and reports with {}", set.len(), weights.display());
-    let mut quiet = |_: text2ct_train::ProgressEvent| {};
-    let vols = embed_volumes(&model, &set, a.batch, &mut quiet)?;
-    let reports: Vec<String> = set.items.iter().map(|it| it.entry.report.clone()).collect();
-    let reps = embed_texts(&model, &tok, &reports, a.batch)?;
-    let truncated = reports.iter().filter(|r| tok.encode_padded(r, model.text.max_len()).1).count();
-    let mut prompts = Vec::new();
-    for st in PromptStyle::ALL {
-        let (p, n): (Vec<String>, Vec<String>) = names.iter().map(|x| st.prompts(x)).unzip();
-        prompts.push((st, embed_texts(&model, &tok, &p, a.batch)?, embed_texts(&model, &tok, &n, a.batch)?));
-    }
-    let class_names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let mut rep = evaluate(&ClipEvalInput {
-        volumes: &vols,
-        reports: &reps,
-        labels: &labels,
-        class_names: &class_names,
-        prompts: &prompts,
-        logit_multiplier: logit_multiplier(&model),
-    })?;
-    rep.meta.insert("model".into(), weights.display().to_string().into());
-    rep.meta.insert("manifest".into(), a.manifest.display().to_string().into());
-    rep.meta.insert("text_length".into(), model.text.max_len().into());
-    rep.meta.insert("truncated_reports".into(), truncated.into());
+    use text2ct_bench::clip::{run_clip_eval, write_clip_eval, ClipEvalConfig};
+    let cfg = ClipEvalConfig { model: a.model, manifest: a.manifest, batch: a.batch, limit: a.limit };
+    let rep = run_clip_eval(&cfg, &Device::flex(), &mut |m| eprintln!("{m}"))?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    text2ct_io::error::atomic_write_bytes(&a.out.join("clip_eval.json"), rep.to_json().as_bytes())?;
-    let md = rep.to_markdown();
-    text2ct_io::error::atomic_write_bytes(&a.out.join("clip_eval.md"), md.as_bytes())?;
-    println!("{md}");
+    write_clip_eval(&rep, &a.out)?;
+    println!("{}", rep.to_markdown());
     println!("wrote {} and {}", a.out.join("clip_eval.json").display(), a.out.join("clip_eval.md").display());
+    Ok(())
+}
+
+fn run_sweep(a: SweepArgs) -> Result<()> {
+    use text2ct_bench::fidset::{BackboneSpec, FidSpec};
+    use text2ct_bench::sweep::{parse_guidance, run_sweep, SweepConfig, SweepEvent};
+    let one = |names: &[String], weights: &[PathBuf], configs: &[PathBuf], want2d: bool| -> Result<Option<BackboneSpec>> {
+        let idx: Vec<usize> = (0..names.len()).filter(|&i| names[i].ends_with("-2d") == want2d).collect();
+        match idx.as_slice() {
+            [] => Ok(None),
+            [i] => Ok(Some(BackboneSpec {
+                name: names[*i].clone(),
+                weights: weights[*i].clone(),
+                config: configs.get(*i).cloned(),
+            })),
+            _ => bail!("give at most one {} --backbone", if want2d { "2D" } else { "3D" }),
+        }
+    };
+    if a.backbone.len() != a.weights.len() {
+        bail!("give one --weights per --backbone ({} backbones, {} weights)", a.backbone.len(), a.weights.len());
+    }
+    if !a.backbone_config.is_empty() && a.backbone_config.len() != a.backbone.len() {
+        bail!("give one --backbone-config per --backbone, or none");
+    }
+    let fid = FidSpec {
+        backbone_3d: one(&a.backbone, &a.weights, &a.backbone_config, false)?,
+        backbone_2d: one(&a.backbone, &a.weights, &a.backbone_config, true)?,
+        size: a.fid_size.as_deref().map(parse_size).transpose()?,
+        planes: a.planes.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+        center_fraction: a.center_fraction,
+        batch: a.batch,
+    };
+    let cfg = SweepConfig {
+        model: a.model,
+        reports: a.reports,
+        real: a.real,
+        guidance: parse_guidance(&a.guidance)?,
+        count_per_report: a.count_per_report,
+        steps: a.steps,
+        seed: a.seed,
+        size: a.size.as_deref().map(parse_size).transpose()?,
+        decode_window: a.decode_window.as_deref().map(parse_size).transpose()?,
+        limit: a.limit,
+        fid,
+    };
+    let pb = crate::util::progress(0, "sweep");
+    let rep = run_sweep(&cfg, &a.out, &Device::flex(), &mut |e| match e {
+        SweepEvent::Scale { w, index, total } => {
+            pb.set_message(format!("w={w} {}/{total}", index + 1));
+            pb.set_position(0);
+        }
+        SweepEvent::Volume { done, total, .. } => {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        }
+        SweepEvent::Row(r) => pb.suspend(|| {
+            println!(
+                "w = {}: {} volumes ({} generated, {} present); FID 3D {}, FID 2.5D {}",
+                r.guidance,
+                r.n_volumes,
+                r.generated,
+                r.skipped,
+                r.fid_3d.map_or("-".into(), |v| format!("{v:.6}")),
+                r.fid_25d.map_or("-".into(), |v| format!("{v:.6}"))
+            )
+        }),
+        _ => {}
+    })?;
+    pb.finish_and_clear();
+    println!("{}", rep.table());
+    println!("wrote {}, sweep.md and sweep.png", a.out.join("sweep.json").display());
+    Ok(())
+}
+
+fn run_report(a: ReportArgs) -> Result<()> {
+    use text2ct_bench::report::{run_report, EvalConfig, ReportRun};
+    let cfg = EvalConfig::from_file(&a.config)?;
+    let run = ReportRun { config: &cfg, config_path: &a.config, command: std::env::args().collect(), out: &a.out };
+    let rep = run_report(&run, &Device::flex(), &mut |section, m| eprintln!("[{section}] {m}"))?;
+    for t in &rep.provenance.sections {
+        println!("[{}] {:.1} s", t.section, t.seconds);
+    }
+    println!("wrote {} and report.json", a.out.join("report.md").display());
     Ok(())
 }

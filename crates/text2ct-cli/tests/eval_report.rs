@@ -1,0 +1,320 @@
+//! `text2ct eval sweep` and `text2ct eval report` through the binary, on the tiny released-layout
+//! model (32 × 32 × 16 outputs, 2 sampling steps), small phantom sets and small random-weight
+//! backbones written by the test: one row per guidance scale, the same noise at every scale
+//! (w = 0 twice gives identical voxels; w = 0 and w = 5 differ), resume skips what exists and
+//! refuses other settings; the report writes the configured tables and fails clearly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use text2ct_models::resnet2d::{ResNet2d, ResNet2dConfig};
+use text2ct_models::resnet3d::{ResNet3d, ResNet3dConfig};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_text2ct")).args(args).env_remove("TEXT2CT_MODEL").output().expect("binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn fails(args: &[&str], want: &[&str]) -> String {
+    let o = run(args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{args:?} should fail cleanly: {err}");
+    for w in want {
+        assert!(err.contains(w), "{args:?}: stderr {err:?} lacks {w:?}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("text2ct-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../text2ct-generate/fixtures/release_tiny")
+}
+
+fn voxels(p: &Path) -> Vec<f32> {
+    text2ct_io::nifti_io::read_nifti(p, &text2ct_io::Limits::default()).unwrap().0.data().to_vec()
+}
+
+/// A phantom set of `count` volumes of `size`, the reports CSV, a small MedicalNet-layout 3D
+/// backbone and a small ResNet-18 2D backbone (random weights) with their JSON architectures.
+struct Fixture {
+    dir: PathBuf,
+    real: PathBuf,
+    reports: PathBuf,
+    w3: PathBuf,
+    c3: PathBuf,
+    w2: PathBuf,
+    c2: PathBuf,
+}
+
+fn phantoms(out: &Path, count: &str, size: &str, seed: &str) {
+    ok(&["phantom", "--out", s(out), "--count", count, "--size", size, "--seed", seed, "--split-fraction", "0"]);
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = tmp(name);
+    let real = dir.join("real");
+    phantoms(&real, "3", "32,32,16", "1");
+    let reports = dir.join("reports.csv");
+    std::fs::write(
+        &reports,
+        "VolumeName,ClinicalInformation_EN,Technique_EN,Findings_EN,Impressions_EN\n\
+         valid_1_a_1.nii.gz,c,t,Right pleural effusion.,Effusion.\n\
+         valid_2_a_1.nii.gz,c,t,Normal lungs.,No acute finding.\n",
+    )
+    .unwrap();
+    let r3 = ResNet3dConfig { widths: [8, 8, 12, 16], stem_width: 8, ..ResNet3dConfig::medicalnet(10).unwrap() };
+    let w3 = dir.join("mn10.safetensors");
+    ResNet3d::random_state_dict(&r3, 2).unwrap().write_safetensors(&w3, None).unwrap();
+    let c3 = dir.join("mn10.json");
+    std::fs::write(&c3, serde_json::to_string(&r3).unwrap()).unwrap();
+    let r2 = ResNet2dConfig { widths: [8, 8, 16, 16], stem_width: 8, ..ResNet2dConfig::resnet18() };
+    let w2 = dir.join("r18.safetensors");
+    ResNet2d::random_state_dict(&r2, 1).unwrap().write_safetensors(&w2, None).unwrap();
+    let c2 = dir.join("r18.json");
+    std::fs::write(&c2, serde_json::to_string(&r2).unwrap()).unwrap();
+    Fixture { dir, real, reports, w3, c3, w2, c2 }
+}
+
+fn sweep_args<'a>(f: &'a Fixture, out: &'a str, guidance: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "eval",
+        "sweep",
+        "--model",
+        s_static(model()),
+        "--reports",
+        s(&f.reports),
+        "--real",
+        s(&f.real),
+        "--guidance",
+        guidance,
+        "--steps",
+        steps,
+        "--seed",
+        "3",
+        "--backbone",
+        "medicalnet-resnet10",
+        "--weights",
+        s(&f.w3),
+        "--backbone-config",
+        s(&f.c3),
+        "--out",
+        out,
+    ]
+}
+
+fn s_static(p: PathBuf) -> &'static str {
+    Box::leak(p.into_os_string().into_string().unwrap().into_boxed_str())
+}
+
+fn sweep_json(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn sweep_rows_noise_and_resume() {
+    let f = fixture("sweep");
+    let a = f.dir.join("a");
+    let stdout = ok(&sweep_args(&f, s(&a), "0,5", "2"));
+    assert!(stdout.contains("w = 0: 2 volumes (2 generated, 0 present)"), "{stdout}");
+    let j = sweep_json(&a);
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["guidance"], 0.0);
+    assert_eq!(rows[1]["guidance"], 5.0);
+    for r in rows {
+        let fid = r["fid_3d"].as_f64().unwrap();
+        assert!(fid.is_finite() && fid > 0.0, "{r}");
+        assert!(r["fid_25d"].is_null());
+    }
+    assert_eq!(j["backbones"][0]["name"], "medicalnet-resnet10");
+    assert_eq!(j["backbones"][0]["weights_sha256"].as_str().unwrap().len(), 64);
+    assert!(a.join("sweep.png").is_file() && a.join("sweep.md").is_file());
+    let md = std::fs::read_to_string(a.join("sweep.md")).unwrap();
+    assert!(md.contains("| guidance w | FID 3D ↓ | volumes |") && md.contains("| 5 |"), "{md}");
+
+    // Same seeds at every scale; w changes the voxels.
+    let stem = "valid_2_a_1_seed4";
+    let sc0: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join(format!("w0/{stem}.json"))).unwrap()).unwrap();
+    let sc5: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join(format!("w5/{stem}.json"))).unwrap()).unwrap();
+    assert_eq!((sc0["seed"].as_u64(), sc0["guidance"].as_f64()), (Some(4), Some(0.0)));
+    assert_eq!((sc5["seed"].as_u64(), sc5["guidance"].as_f64()), (Some(4), Some(5.0)));
+    let v0 = voxels(&a.join(format!("w0/{stem}.nii.gz")));
+    let v5 = voxels(&a.join(format!("w5/{stem}.nii.gz")));
+    assert_ne!(v0, v5, "w = 0 and w = 5 gave the same volume");
+    // w = 0 in another sweep (other scales, other folder): identical voxels.
+    let b = f.dir.join("b");
+    ok(&sweep_args(&f, s(&b), "0", "2"));
+    assert_eq!(voxels(&b.join(format!("w0/{stem}.nii.gz"))), v0);
+    // And the sweep's w = 5 is `generate --guidance 5` with the same seed.
+    let g = f.dir.join("g");
+    ok(&[
+        "generate",
+        "--model",
+        s_static(model()),
+        "--reports",
+        s(&f.reports),
+        "--out",
+        s(&g),
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--guidance",
+        "5",
+    ]);
+    assert_eq!(voxels(&g.join(format!("{stem}.nii.gz"))), v5);
+
+    // Resume: nothing regenerated, same FIDs; a new scale only generates its own volumes.
+    let t = std::fs::metadata(a.join(format!("w0/{stem}.nii.gz"))).unwrap().modified().unwrap();
+    let stdout = ok(&sweep_args(&f, s(&a), "0,1,5", "2"));
+    assert!(stdout.contains("w = 0: 2 volumes (0 generated, 2 present)"), "{stdout}");
+    assert!(stdout.contains("w = 1: 2 volumes (2 generated, 0 present)"), "{stdout}");
+    assert!(stdout.contains("w = 5: 2 volumes (0 generated, 2 present)"), "{stdout}");
+    assert_eq!(std::fs::metadata(a.join(format!("w0/{stem}.nii.gz"))).unwrap().modified().unwrap(), t);
+    let j2 = sweep_json(&a);
+    assert_eq!(j2["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(j2["rows"][0]["fid_3d"], j["rows"][0]["fid_3d"]);
+    // Other settings in the same folder: refused, never mixed.
+    fails(&sweep_args(&f, s(&a), "0", "3"), &["other settings", "steps 2 (now 3)"]);
+
+    // Bad input through the binary.
+    let c = f.dir.join("c");
+    let empty = f.dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut args = sweep_args(&f, s(&c), "0,5", "2");
+    let real_at = args.iter().position(|x| *x == "--real").unwrap() + 1;
+    args[real_at] = s(&empty);
+    fails(&args, &["no volumes"]);
+    let one = f.dir.join("one.csv");
+    std::fs::write(&one, "id,prompt\na,Normal lungs.\n").unwrap();
+    let mut args = sweep_args(&f, s(&c), "0,5", "2");
+    let rep_at = args.iter().position(|x| *x == "--reports").unwrap() + 1;
+    args[rep_at] = s(&one);
+    fails(&args, &["at least 2"]);
+    fails(&sweep_args(&f, s(&c), "0,x", "2"), &["not a number"]);
+    fails(&sweep_args(&f, s(&c), "0,0", "2"), &["twice"]);
+    fails(&sweep_args(&f, s(&c), "0,-1", "2"), &[">= 0"]);
+    // A real set on another grid without a common size: a clear mismatch.
+    let other = f.dir.join("other");
+    phantoms(&other, "2", "32,32,24", "5");
+    let mut args = sweep_args(&f, s(&c), "0", "2");
+    args[real_at] = s(&other);
+    fails(&args, &["mismatched sets", "size"]);
+}
+
+fn write_config(f: &Fixture, name: &str, body: &str) -> PathBuf {
+    let p = f.dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn report_writes_tables_and_fails_clearly() {
+    let f = fixture("report");
+    let fake = f.dir.join("fake");
+    phantoms(&fake, "2", "32,32,16", "2");
+    let sweep_out = f.dir.join("sweep");
+    let body = format!(
+        "[report]\ntitle = \"tiny benchmark\"\n\n[fid]\nreal = \"{real}\"\n\
+         backbone_3d = {{ name = \"medicalnet-resnet10\", weights = \"{w3}\", config = \"{c3}\" }}\n\
+         backbone_2d = {{ name = \"resnet18-2d\", weights = \"{w2}\", config = \"{c2}\" }}\n\
+         [[fid.sets]]\nname = \"phantoms seed 2\"\npath = \"{fake}\"\n\
+         [[fid.sets]]\nname = \"real copy\"\npath = \"{real}\"\n\n\
+         [sweep]\nmodel = \"{model}\"\nreports = \"{reports}\"\nguidance = [0, 5]\nsteps = 1\nout = \"{so}\"\n",
+        real = s(&f.real),
+        w3 = s(&f.w3),
+        c3 = s(&f.c3),
+        w2 = s(&f.w2),
+        c2 = s(&f.c2),
+        fake = s(&fake),
+        model = s_static(model()),
+        reports = s(&f.reports),
+        so = s(&sweep_out),
+    );
+    let cfg = write_config(&f, "eval.toml", &body);
+    let out = f.dir.join("out");
+    ok(&["eval", "report", "--config", s(&cfg), "--out", s(&out)]);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for want in [
+        "# tiny benchmark",
+        "## Table 2",
+        "| Method | Axial ↓ | Coronal ↓ | Sagittal ↓ | Avg. ↓ | FID 3D ↓ |",
+        "| phantoms seed 2 |",
+        "## Figure 3",
+        "figure3_guidance.png",
+        "## Provenance",
+        "eval report --config",
+        "| [fid] |",
+        "| [sweep] |",
+        "SHA-256",
+    ] {
+        assert!(md.contains(want), "report.md lacks {want:?}:\n{md}");
+    }
+    assert!(!md.contains("Table 4"), "no [clip] section was configured");
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows = j["fid"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    // The real set against itself: 0 in every column.
+    assert!(rows[1]["fid_3d"].as_f64().unwrap().abs() < 1e-6, "{}", rows[1]);
+    assert!(rows[1]["fid_25d"].as_f64().unwrap().abs() < 1e-6, "{}", rows[1]);
+    assert!(rows[0]["fid_3d"].as_f64().unwrap() > 0.0);
+    assert_eq!(rows[0]["planes"].as_array().unwrap().len(), 3);
+    assert_eq!(j["sweep"]["rows"].as_array().unwrap().len(), 2);
+    // The sweep took the [fid] section's real set and both backbones.
+    assert!(j["sweep"]["rows"][0]["fid_25d"].as_f64().is_some());
+    assert_eq!(j["provenance"]["sections"].as_array().unwrap().len(), 2);
+    assert!(j["provenance"]["config"].as_str().unwrap().contains("[sweep]"));
+    assert!(out.join("figure3_guidance.png").is_file() && out.join("config.toml").is_file());
+    assert!(sweep_out.join("w5").is_dir());
+
+    // Bad sections and missing inputs: the error names the section.
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        ("[factual]\nclassifier = \"x\"\n".into(), vec!["unknown section [factual]"]),
+        ("[report]\ntitle = \"x\"\n".into(), vec!["no section to run"]),
+        (body.replace(&format!("real = \"{}\"", s(&f.real)), "real = \"/nonexistent/real\""), vec!["section [fid]", "/nonexistent/real"]),
+        (body.replace("guidance = [0, 5]", "guidance = [0, 5]\nwhat = 1"), vec!["section [sweep]", "what"]),
+        (body.replace("steps = 1", "steps = 0"), vec!["section [sweep]", "steps"]),
+        (body.replace("medicalnet-resnet10", "resnet-9000"), vec!["section [fid]", "resnet-9000"]),
+        ("[fid\n".into(), vec!["bad TOML"]),
+    ];
+    for (i, (cfg_text, want)) in cases.iter().enumerate() {
+        let c = write_config(&f, &format!("bad{i}.toml"), cfg_text);
+        fails(&["eval", "report", "--config", s(&c), "--out", s(&f.dir.join(format!("bad{i}")))], want);
+    }
+    // An empty set and a set on another grid.
+    let empty = f.dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let c = write_config(&f, "empty.toml", &body.replace(&format!("path = \"{}\"", s(&fake)), &format!("path = \"{}\"", s(&empty))));
+    fails(&["eval", "report", "--config", s(&c), "--out", s(&f.dir.join("e"))], &["section [fid]", "no volumes"]);
+    let other = f.dir.join("other");
+    phantoms(&other, "2", "32,32,24", "5");
+    let c = write_config(&f, "other.toml", &body.replace(&format!("path = \"{}\"", s(&fake)), &format!("path = \"{}\"", s(&other))));
+    let o = f.dir.join("o");
+    fails(&["eval", "report", "--config", s(&c), "--out", s(&o)], &["section [fid]", "mismatched sets"]);
+    // What failed is written down.
+    let md = std::fs::read_to_string(o.join("report.md")).unwrap();
+    assert!(md.contains("Section [fid] failed") && md.contains("| [fid] |"), "{md}");
+}

@@ -689,7 +689,7 @@ mod tests {
         let c = EvalConfig::from_file(&p).unwrap();
         assert_eq!(c.sections(), vec!["fid", "clip", "sweep"]);
         let sw = c.sweep.unwrap();
-        assert_eq!(sw.config.real, PathBuf::from("/tmp/phb_valid"));
+        assert_eq!(sw.config.real, PathBuf::from("/tmp/s2/ph_valid"));
         assert_eq!(sw.config.guidance, crate::sweep::PAPER_GUIDANCE.to_vec());
         assert_eq!(sw.config.fid.backbone_3d.as_ref().map(|b| b.name.as_str()), Some("ctnet"));
         assert_eq!(sw.config.fid.size, Some([64, 64, 32]));

@@ -55,9 +55,14 @@ pub fn run_clip_eval(cfg: &ClipEvalConfig, dev: &Device, log: &mut dyn FnMut(&st
     let model = load_trained(&cfg.model, dev)?;
     let set = text2ct_train::data::VolumeSet::open(&cfg.manifest, cfg.limit)?;
     if set.len() < 2 {
-        return input(format!("{}: {} volume(s); the CLIP protocol needs at least 2", cfg.manifest.display(), set.len()));
+        return input(format!(
+            "{}: {} volume(s); the CLIP protocol needs at least 2",
+            cfg.manifest.display(),
+            set.len()
+        ));
     }
-    let tok = text2ct_text::ClipTokenizer::default_embedded().map_err(|e| BenchError::Input(format!("tokenizer: {e}")))?;
+    let tok =
+        text2ct_text::ClipTokenizer::default_embedded().map_err(|e| BenchError::Input(format!("tokenizer: {e}")))?;
     let names = text2ct_data::labels::LABELS;
     let mut labels = Vec::with_capacity(set.len());
     for it in &set.items {

@@ -88,7 +88,11 @@ impl FidSection {
                 return crate::error::input(format!("fid.sets: the name {:?} is used twice", s.name));
             }
             if !s.path.exists() {
-                return crate::error::input(format!("fid.sets {:?}: {}: no such file or folder", s.name, s.path.display()));
+                return crate::error::input(format!(
+                    "fid.sets {:?}: {}: no such file or folder",
+                    s.name,
+                    s.path.display()
+                ));
             }
         }
         self.spec().validate()?;
@@ -169,7 +173,13 @@ impl EvalConfig {
     pub fn from_toml_str(text: &str) -> Result<EvalConfig> {
         let table: toml::Table =
             toml::from_str(text).map_err(|e| BenchError::Input(format!("bad TOML: {}", e.to_string().trim())))?;
-        let mut cfg = EvalConfig { title: "text2ct evaluation report".into(), fid: None, clip: None, sweep: None, text: text.into() };
+        let mut cfg = EvalConfig {
+            title: "text2ct evaluation report".into(),
+            fid: None,
+            clip: None,
+            sweep: None,
+            text: text.into(),
+        };
         for k in table.keys() {
             if k != "report" && !SECTIONS.contains(&k.as_str()) {
                 return Err(BenchError::Input(format!(
@@ -347,7 +357,8 @@ pub fn git_commit() -> (Option<String>, Option<bool>) {
         return (Some(c.into()), None);
     }
     let commit = git(&["rev-parse", "HEAD"]).filter(|c| !c.is_empty());
-    let dirty = commit.as_ref().and_then(|_| git(&["status", "--porcelain", "--untracked-files=no"])).map(|s| !s.is_empty());
+    let dirty =
+        commit.as_ref().and_then(|_| git(&["status", "--porcelain", "--untracked-files=no"])).map(|s| !s.is_empty());
     (commit, dirty)
 }
 
@@ -498,8 +509,15 @@ pub fn write_report(rep: &EvalReport, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn f3(v: Option<f64>) -> String {
-    v.map_or("–".into(), |x| format!("{x:.3}"))
+/// Three decimals as the paper prints; small values (tiny sets, random backbones) keep three
+/// significant digits instead of printing as 0.000; rounding noise around 0 prints as 0.
+pub fn f3(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(x) if x.abs() < 1e-9 => "0".into(),
+        Some(x) if x.abs() < 0.01 => format!("{x:.2e}"),
+        Some(x) => format!("{x:.3}"),
+    }
 }
 
 fn backbone_lines(s: &mut String, bs: &[BackboneInfo]) {
@@ -523,9 +541,7 @@ impl EvalReport {
             "| Method | Axial ↓ | Coronal ↓ | Sagittal ↓ | Avg. ↓ | FID 3D ↓ |\n|---|---|---|---|---|---|\n",
         );
         for r in &t.rows {
-            let plane = |name: &str| {
-                r.scores.planes.iter().find(|p| p.plane.name() == name).map(|p| p.fid)
-            };
+            let plane = |name: &str| r.scores.planes.iter().find(|p| p.plane.name() == name).map(|p| p.fid);
             s.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} |\n",
                 r.name,
@@ -589,7 +605,10 @@ impl EvalReport {
              measure this code on procedural data, not performance on patients.\n\n",
         );
         if let Some(f) = &self.failed {
-            s.push_str(&format!("> **Section [{}] failed:** {}\n>\n> The sections before it are below.\n\n", f.section, f.error));
+            s.push_str(&format!(
+                "> **Section [{}] failed:** {}\n>\n> The sections before it are below.\n\n",
+                f.section, f.error
+            ));
         }
         if let Some(t) = &self.fid {
             s.push_str("## Table 2 — image fidelity (FID)\n\n");
@@ -645,7 +664,7 @@ impl EvalReport {
         s.push_str("## Provenance\n\n");
         s.push_str(&format!("- command: `{}`\n", p.command.join(" ")));
         s.push_str(&format!(
-            "- text2ct {} , git commit {}{}\n",
+            "- text2ct {}, git commit {}{}\n",
             p.text2ct_version,
             p.git_commit.as_deref().unwrap_or("unknown"),
             match p.git_dirty {
@@ -653,7 +672,11 @@ impl EvalReport {
                 _ => "",
             }
         ));
-        s.push_str(&format!("- started {} UTC, wall time {:.1} s\n", p.started_utc.trim_end_matches('Z'), p.wall_seconds));
+        s.push_str(&format!(
+            "- started {} UTC, wall time {:.1} s\n",
+            p.started_utc.trim_end_matches('Z'),
+            p.wall_seconds
+        ));
         let m = &p.machine;
         s.push_str(&format!(
             "- machine: {} {}, {} threads, CPU {}, memory {}\n",
@@ -667,7 +690,11 @@ impl EvalReport {
         for t in &p.sections {
             s.push_str(&format!("| [{}] | {:.1} | {} |\n", t.section, t.seconds, if t.ok { "ok" } else { "failed" }));
         }
-        s.push_str(&format!("\nConfig (`{}`, copied to `config.toml`):\n\n```toml\n{}\n```\n", p.config_path, p.config.trim_end()));
+        s.push_str(&format!(
+            "\nConfig (`{}`, copied to `config.toml`):\n\n```toml\n{}\n```\n",
+            p.config_path,
+            p.config.trim_end()
+        ));
         s
     }
 }
@@ -681,6 +708,14 @@ mod tests {
         assert_eq!(utc_string(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc_string(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(utc_string(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn table_numbers() {
+        assert_eq!(f3(Some(3.6481)), "3.648");
+        assert_eq!(f3(Some(0.003)), "3.00e-3");
+        assert_eq!(f3(Some(-1e-13)), "0");
+        assert_eq!(f3(None), "–");
     }
 
     #[test]

@@ -164,7 +164,12 @@ impl SweepReport {
             self.real.n_volumes
         ));
         for b in &self.backbones {
-            s.push_str(&format!("- {} backbone: `{}` (weights SHA-256 `{}`)\n", b.kind, b.name, short(&b.weights_sha256)));
+            s.push_str(&format!(
+                "- {} backbone: `{}` (weights SHA-256 `{}`)\n",
+                b.kind,
+                b.name,
+                short(&b.weights_sha256)
+            ));
         }
         s.push('\n');
         s.push_str(&self.table());
@@ -216,7 +221,11 @@ impl SweepReport {
         let f2 = pts(&|r| r.fid_25d);
         if !f2.is_empty() {
             let name = self.backbones.iter().find(|b| b.kind == "2d").map_or("2D", |b| b.name.as_str());
-            p.push(Panel { title: format!("FID 2.5D, mean of planes ({name})"), y_label: "FID 2.5D".into(), points: f2 });
+            p.push(Panel {
+                title: format!("FID 2.5D, mean of planes ({name})"),
+                y_label: "FID 2.5D".into(),
+                points: f2,
+            });
         }
         p
     }
@@ -231,7 +240,7 @@ impl SweepReport {
 }
 
 pub(crate) fn fmt_opt(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| format!("{v:.4}"))
+    crate::report::f3(v)
 }
 
 pub(crate) fn short(h: &str) -> &str {
@@ -284,7 +293,12 @@ fn check_sidecar(path: &Path, p: &Pipeline, steps: usize, sampler: &str, size: [
 }
 
 /// Run the sweep into `out` (see the module documentation).
-pub fn run_sweep(cfg: &SweepConfig, out: &Path, dev: &Device, progress: &mut dyn FnMut(SweepEvent)) -> Result<SweepReport> {
+pub fn run_sweep(
+    cfg: &SweepConfig,
+    out: &Path,
+    dev: &Device,
+    progress: &mut dyn FnMut(SweepEvent),
+) -> Result<SweepReport> {
     cfg.validate()?;
     let mut jobs: Vec<Job> = jobs_from_csv(&cfg.reports, cfg.count_per_report, cfg.seed, Shard::ALL)?;
     if let Some(l) = cfg.limit {
@@ -361,9 +375,8 @@ pub fn run_sweep(cfg: &SweepConfig, out: &Path, dev: &Device, progress: &mut dyn
         let seconds_generating = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let set = VolumeSet::from_nifti_files(&dir, &files)?;
-        let scores = engine.score(&set, &mut |label, _, d, n| {
-            progress(SweepEvent::Features { set: label, done: d, total: n })
-        })?;
+        let scores = engine
+            .score(&set, &mut |label, _, d, n| progress(SweepEvent::Features { set: label, done: d, total: n }))?;
         let row = SweepRow {
             guidance: w,
             folder,
@@ -389,7 +402,9 @@ pub fn parse_guidance(s: &str) -> Result<Vec<f32>> {
     s.split(',')
         .filter(|t| !t.trim().is_empty())
         .map(|t| {
-            t.trim().parse::<f32>().map_err(|_| BenchError::Input(format!("guidance scale {:?} is not a number", t.trim())))
+            t.trim()
+                .parse::<f32>()
+                .map_err(|_| BenchError::Input(format!("guidance scale {:?} is not a number", t.trim())))
         })
         .collect()
 }

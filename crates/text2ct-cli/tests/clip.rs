@@ -331,11 +331,16 @@ fn export_text_keeps_the_text_half() {
         args.extend(extra);
         run(&args).unwrap();
         let sd = StateDict::read_safetensors(&o).unwrap();
-        assert!(sd.tensors.keys().all(|k| k.starts_with("model.text_") || k == "model.logit_scale"), "{:?}", sd.tensors.keys());
+        assert!(
+            sd.tensors.keys().all(|k| k.starts_with("model.text_") || k == "model.logit_scale"),
+            "{:?}",
+            sd.tensors.keys()
+        );
         let e = rel_l2(&embed(&o, tag), &want);
         assert!(e < if tag == "f16" { 1e-2 } else { 1e-6 }, "{tag}: {e}");
     }
-    let err = run(&["clip", "export-text", "--config", s(&c), "--weights", s(&c), "--output", s(&d.join("x.safetensors"))])
-        .unwrap_err();
+    let err =
+        run(&["clip", "export-text", "--config", s(&c), "--weights", s(&c), "--output", s(&d.join("x.safetensors"))])
+            .unwrap_err();
     assert!(err.contains("tiny.json"), "{err}");
 }

@@ -274,7 +274,8 @@ fn report_writes_tables_and_fails_clearly() {
         assert!(md.contains(want), "report.md lacks {want:?}:\n{md}");
     }
     assert!(!md.contains("Table 4"), "no [clip] section was configured");
-    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let rows = j["fid"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     // The real set against itself: 0 in every column.
@@ -294,7 +295,10 @@ fn report_writes_tables_and_fails_clearly() {
     let cases: Vec<(String, Vec<&str>)> = vec![
         ("[factual]\nclassifier = \"x\"\n".into(), vec!["unknown section [factual]"]),
         ("[report]\ntitle = \"x\"\n".into(), vec!["no section to run"]),
-        (body.replace(&format!("real = \"{}\"", s(&f.real)), "real = \"/nonexistent/real\""), vec!["section [fid]", "/nonexistent/real"]),
+        (
+            body.replace(&format!("real = \"{}\"", s(&f.real)), "real = \"/nonexistent/real\""),
+            vec!["section [fid]", "/nonexistent/real"],
+        ),
         (body.replace("guidance = [0, 5]", "guidance = [0, 5]\nwhat = 1"), vec!["section [sweep]", "what"]),
         (body.replace("steps = 1", "steps = 0"), vec!["section [sweep]", "steps"]),
         (body.replace("medicalnet-resnet10", "resnet-9000"), vec!["section [fid]", "resnet-9000"]),
@@ -307,11 +311,19 @@ fn report_writes_tables_and_fails_clearly() {
     // An empty set and a set on another grid.
     let empty = f.dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let c = write_config(&f, "empty.toml", &body.replace(&format!("path = \"{}\"", s(&fake)), &format!("path = \"{}\"", s(&empty))));
+    let c = write_config(
+        &f,
+        "empty.toml",
+        &body.replace(&format!("path = \"{}\"", s(&fake)), &format!("path = \"{}\"", s(&empty))),
+    );
     fails(&["eval", "report", "--config", s(&c), "--out", s(&f.dir.join("e"))], &["section [fid]", "no volumes"]);
     let other = f.dir.join("other");
     phantoms(&other, "2", "32,32,24", "5");
-    let c = write_config(&f, "other.toml", &body.replace(&format!("path = \"{}\"", s(&fake)), &format!("path = \"{}\"", s(&other))));
+    let c = write_config(
+        &f,
+        "other.toml",
+        &body.replace(&format!("path = \"{}\"", s(&fake)), &format!("path = \"{}\"", s(&other))),
+    );
     let o = f.dir.join("o");
     fails(&["eval", "report", "--config", s(&c), "--out", s(&o)], &["section [fid]", "mismatched sets"]);
     // What failed is written down.

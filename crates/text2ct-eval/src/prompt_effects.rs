@@ -63,9 +63,7 @@ impl FindingDef {
 /// The findings checked on phantoms: pleural effusion by side, cardiomegaly, lung nodule,
 /// emphysema (labels in CT-RATE order).
 pub fn phantom_findings() -> Vec<FindingDef> {
-    let idx = |name: &str| {
-        text2ct_data::labels::LABELS.iter().position(|l| *l == name).expect("a CT-RATE label")
-    };
+    let idx = |name: &str| text2ct_data::labels::LABELS.iter().position(|l| *l == name).expect("a CT-RATE label");
     vec![
         FindingDef::new("right pleural effusion", idx("Pleural effusion"), Some("Right")),
         FindingDef::new("left pleural effusion", idx("Pleural effusion"), Some("Left")),
@@ -138,9 +136,7 @@ pub fn signatures(manifest: &Path, findings: &[FindingDef], limit: Option<usize>
             )));
         }
         // mean(without) = (total - with) / b
-        maps.push(
-            (0..len).map(|i| (with[k][i] / a as f64 - (total[i] - with[k][i]) / b as f64) as f32).collect(),
-        );
+        maps.push((0..len).map(|i| (with[k][i] / a as f64 - (total[i] - with[k][i]) / b as f64) as f32).collect());
     }
     let mean = total.iter().map(|t| (t / n as f64) as f32).collect();
     Ok(Signatures { findings: findings.to_vec(), dims, maps, counts, mean })
@@ -327,7 +323,8 @@ mod tests {
     fn side_is_read_from_the_impression() {
         let f = FindingDef::new("right pleural effusion", 12, Some("Right"));
         let mut labels = vec![0u8; 18];
-        let r = "Findings: Right pleural effusion with a maximal thickness of 9 mm. Impression: Right pleural effusion.";
+        let r =
+            "Findings: Right pleural effusion with a maximal thickness of 9 mm. Impression: Right pleural effusion.";
         assert!(!f.matches(&labels, r));
         labels[12] = 1;
         assert!(f.matches(&labels, r));

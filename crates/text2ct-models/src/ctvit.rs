@@ -516,8 +516,10 @@ impl CosineCodebook {
         let dev = self.embed.device();
         let xs: Vec<f32> = x.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 tokens");
         let ids: Vec<i64> = idx.into_data().convert::<i64>().try_to_vec::<i64>().expect("int codes");
-        let mut embed: Vec<f32> = self.embed.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 codebook");
-        let mut cluster: Vec<f32> = self.cluster_size.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 sizes");
+        let mut embed: Vec<f32> =
+            self.embed.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 codebook");
+        let mut cluster: Vec<f32> =
+            self.cluster_size.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 sizes");
         let mut bins = vec![0f32; k];
         let mut sums = vec![0f32; k * d];
         for (i, &c) in ids.iter().enumerate().take(n) {

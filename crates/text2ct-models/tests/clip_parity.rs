@@ -314,9 +314,15 @@ fn codebook_ema_update_matches_vector_quantize_pytorch() {
     let fx: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures("ctvit/vq_ema.json")).unwrap()).unwrap();
     let mat = |v: &serde_json::Value| -> Vec<f32> {
-        v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32)).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+            .collect()
     };
-    let vecf = |v: &serde_json::Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
+    let vecf = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
     let (d, k) = (fx["dim"].as_u64().unwrap() as usize, fx["codebook_size"].as_u64().unwrap() as usize);
     let decay = fx["decay"].as_f64().unwrap() as f32;
     let dev = Device::flex();

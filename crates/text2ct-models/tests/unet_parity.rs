@@ -218,7 +218,13 @@ fn training_init_predicts_zero() {
     let cfg = UnetConfig::from_json_file(&dir.join("config.json")).unwrap();
     let (x, t, cond) = small_inputs(&dir, &dev);
     let run = |net: Unet| {
-        let y = net.try_forward(x.clone(), t.clone(), cond.context.clone(), cond.class_labels.clone(), cond.spacing.clone());
+        let y = net.try_forward(
+            x.clone(),
+            t.clone(),
+            cond.context.clone(),
+            cond.class_labels.clone(),
+            cond.spacing.clone(),
+        );
         y.unwrap().abs().max().into_scalar::<f32>()
     };
     assert_eq!(run(Unet::new_for_training(&cfg, 5, &dev).unwrap()), 0.0);

@@ -149,7 +149,10 @@ pub fn run(a: PromptEffectsArgs) -> Result<()> {
         "report": rep,
         "prompts": prompts,
     });
-    text2ct_io::error::atomic_write_bytes(&a.out.join("effects.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    text2ct_io::error::atomic_write_bytes(
+        &a.out.join("effects.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     let md = format!(
         "# Prompt effects\n\nModel `{}` ({}), sampler {} with {} steps, guidance {}; {} pairs per finding.\n\
          Each cell: Pearson correlation between the mean paired difference (with − without the finding, \

@@ -287,18 +287,19 @@ fn run_clip(a: ClipEvalArgs) -> Result<()> {
 fn run_sweep(a: SweepArgs) -> Result<()> {
     use text2ct_bench::fidset::{BackboneSpec, FidSpec};
     use text2ct_bench::sweep::{parse_guidance, run_sweep, SweepConfig, SweepEvent};
-    let one = |names: &[String], weights: &[PathBuf], configs: &[PathBuf], want2d: bool| -> Result<Option<BackboneSpec>> {
-        let idx: Vec<usize> = (0..names.len()).filter(|&i| names[i].ends_with("-2d") == want2d).collect();
-        match idx.as_slice() {
-            [] => Ok(None),
-            [i] => Ok(Some(BackboneSpec {
-                name: names[*i].clone(),
-                weights: weights[*i].clone(),
-                config: configs.get(*i).cloned(),
-            })),
-            _ => bail!("give at most one {} --backbone", if want2d { "2D" } else { "3D" }),
-        }
-    };
+    let one =
+        |names: &[String], weights: &[PathBuf], configs: &[PathBuf], want2d: bool| -> Result<Option<BackboneSpec>> {
+            let idx: Vec<usize> = (0..names.len()).filter(|&i| names[i].ends_with("-2d") == want2d).collect();
+            match idx.as_slice() {
+                [] => Ok(None),
+                [i] => Ok(Some(BackboneSpec {
+                    name: names[*i].clone(),
+                    weights: weights[*i].clone(),
+                    config: configs.get(*i).cloned(),
+                })),
+                _ => bail!("give at most one {} --backbone", if want2d { "2D" } else { "3D" }),
+            }
+        };
     if a.backbone.len() != a.weights.len() {
         bail!("give one --weights per --backbone ({} backbones, {} weights)", a.backbone.len(), a.weights.len());
     }

@@ -330,3 +330,100 @@ fn report_writes_tables_and_fails_clearly() {
     let md = std::fs::read_to_string(o.join("report.md")).unwrap();
     assert!(md.contains("Section [fid] failed") && md.contains("| [fid] |"), "{md}");
 }
+
+/// A tiny random CLIP3D (real 49,408-token vocabulary, 8 × 8 × 4 volumes) saved as a trained CLIP
+/// folder (`clip_config.json` + `clip.safetensors`, `model.` keys).
+fn tiny_clip(dir: &Path) {
+    use text2ct_models::clip3d::{Clip3d, Clip3dConfig};
+    use text2ct_models::clip_text::ClipTextConfig;
+    use text2ct_models::ctvit::CtVitConfig;
+    use text2ct_models::StateDict;
+    let text = ClipTextConfig {
+        vocab_size: 49408,
+        hidden_size: 8,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 16,
+        max_position_embeddings: 512,
+        projection_dim: 6,
+        ..ClipTextConfig::default()
+    };
+    let vision = CtVitConfig {
+        dim: 8,
+        codebook_size: 4,
+        image_size: 8,
+        patch_size: 4,
+        temporal_patch_size: 2,
+        spatial_depth: 1,
+        temporal_depth: 1,
+        dim_head: 4,
+        heads: 2,
+        channels: 1,
+        input_depth: 4,
+        input_layout: "HWD".into(),
+        quantize: true,
+    };
+    let cfg =
+        Clip3dConfig { text_config: text, vision_config: vision, projection_dim: 6, logit_scale_init_value: 2.6592 };
+    let clip = Clip3d::new(&cfg, 7, &text2ct_models::burn::tensor::Device::flex()).unwrap();
+    let sd = clip.to_state_dict().unwrap();
+    let sd = StateDict { tensors: sd.tensors.into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect() };
+    std::fs::create_dir_all(dir).unwrap();
+    sd.write_safetensors(&dir.join("clip.safetensors"), None).unwrap();
+    std::fs::write(dir.join("clip_config.json"), cfg.to_json()).unwrap();
+}
+
+#[test]
+fn report_clip_table() {
+    let d = tmp("report-clip");
+    let ph = d.join("ph");
+    phantoms(&ph, "4", "32,32,16", "4");
+    let prepared = d.join("prepared");
+    ok(&[
+        "prepare",
+        "ctrate",
+        "--root",
+        s(&ph),
+        "--split",
+        "train",
+        "--out",
+        s(&prepared),
+        "--spacing",
+        "40,40,40",
+        "--size",
+        "8,8,4",
+    ]);
+    let model = d.join("clip");
+    tiny_clip(&model);
+    let cfg = d.join("eval.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[clip]\nmodel = \"{}\"\nmanifest = \"{}\"\nbatch = 2\n",
+            s(&model),
+            s(&prepared.join("manifest.jsonl"))
+        ),
+    )
+    .unwrap();
+    let out = d.join("out");
+    ok(&["eval", "report", "--config", s(&cfg), "--out", s(&out)]);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for want in ["## Table 4", "| Methods | Acc. | AUC | Pre. | MAP@1 |", "Re@100 |", "| Ours (", "| random baseline |"]
+    {
+        assert!(md.contains(want), "report.md lacks {want:?}:\n{md}");
+    }
+    assert!(!md.contains("## Table 2") && !md.contains("## Figure 3"), "{md}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(j["clip"]["n_volumes"], 4);
+    assert_eq!(j["clip"]["meta"]["weights_sha256"].as_str().unwrap().len(), 64);
+    // `eval clip` runs the same code.
+    let o2 = d.join("clip_eval");
+    ok(&["eval", "clip", "--model", s(&model), "--manifest", s(&prepared.join("manifest.jsonl")), "--out", s(&o2)]);
+    let j2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o2.join("clip_eval.json")).unwrap()).unwrap();
+    assert_eq!(j2["report_to_volume"], j["clip"]["report_to_volume"]);
+    // A manifest that is not there: the section is named.
+    std::fs::write(&cfg, format!("[clip]\nmodel = \"{}\"\nmanifest = \"/nonexistent/m.jsonl\"\n", s(&model))).unwrap();
+    fails(&["eval", "report", "--config", s(&cfg), "--out", s(&out)], &["section [clip]", "/nonexistent/m.jsonl"]);
+}

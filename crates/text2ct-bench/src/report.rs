@@ -629,7 +629,8 @@ impl EvalReport {
             s.push_str(&Self::table4(c, "Ours"));
             s.push_str(&format!(
                 "\n{} volumes; zero-shot accuracy, AUC and precision are macro averages over the 18 \
-                 abnormalities (weighted averages and per-class values in `report.json`). {}\n\n",
+                 abnormalities (weighted averages and per-class values in `report.json`); protocol `{}` \
+                 (docs/evaluation/clip.md).\n\n",
                 c.n_volumes, c.protocol
             ));
             for (k, v) in &c.meta {

@@ -336,7 +336,8 @@ pub struct Provenance {
     /// The config as given (also copied to `config.toml`).
     pub config: String,
     pub text2ct_version: String,
-    /// `TEXT2CT_GIT_COMMIT` at build time, else `git rev-parse HEAD` in the working directory.
+    /// `TEXT2CT_GIT_COMMIT` at build time, else `git rev-parse HEAD` in the source tree the
+    /// binary was built from (when it is still there).
     pub git_commit: Option<String>,
     /// Uncommitted changes in the working tree (`git status --porcelain`), when git answered.
     pub git_dirty: Option<bool>,
@@ -347,7 +348,19 @@ pub struct Provenance {
 }
 
 fn git(args: &[&str]) -> Option<String> {
-    let o = std::process::Command::new("git").args(args).stderr(std::process::Stdio::null()).output().ok()?;
+    // The source tree this binary was built from (not the working directory, which may be any
+    // other repository); absent when the binary runs on another machine.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !src.is_dir() {
+        return None;
+    }
+    let o = std::process::Command::new("git")
+        .arg("-C")
+        .arg(src)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
     o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 

@@ -288,6 +288,8 @@ fn report_writes_tables_and_fails_clearly() {
     assert!(j["sweep"]["rows"][0]["fid_25d"].as_f64().is_some());
     assert_eq!(j["provenance"]["sections"].as_array().unwrap().len(), 2);
     assert!(j["provenance"]["config"].as_str().unwrap().contains("[sweep]"));
+    // Built from this checkout: its commit is recorded.
+    assert_eq!(j["provenance"]["git_commit"].as_str().map(str::len), Some(40), "{}", j["provenance"]);
     assert!(out.join("figure3_guidance.png").is_file() && out.join("config.toml").is_file());
     assert!(sweep_out.join("w5").is_dir());
 

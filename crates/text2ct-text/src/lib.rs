@@ -1,4 +1,5 @@
-//! Text front end: the CLIP byte-level BPE tokenizer of the Text2CT release.
+//! Text front end: the CLIP byte-level BPE tokenizer of the Text2CT release, and (module [`wordpiece`]) the
+//! BERT WordPiece tokenizer of the MiniLM encoder used by the CLIP ablation.
 //!
 //! [`ClipTokenizer`] reproduces, id for id, what the Text2CT release gets from
 //! `CLIPTokenizer.from_pretrained("openai/clip-vit-large-patch14")` of **transformers 4.30.1, the slow
@@ -31,6 +32,9 @@
 //! NFD) while the reference ran on Python's `unicodedata` (14.0 for the Python 3.11 used for the fixtures).
 //! Only characters assigned after Unicode 14 (rare emoji, new scripts) can tokenise differently: Python sees
 //! them as unassigned (`Cn`) and drops them.
+
+pub mod wordpiece;
+pub use wordpiece::{WordPieceBatch, WordPieceError, WordPieceTokenizer, MINILM_MAX_LEN};
 
 use std::collections::HashMap;
 use std::fs;

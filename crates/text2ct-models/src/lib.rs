@@ -11,6 +11,8 @@
 //!   [`ctnet`]: the CT-Net classifier (its penultimate features serve the phantom FID).
 //! - [`clip_text`], [`ctvit`], [`clip3d`]: Text2CT's 3D CLIP (CLIP text transformer, CT-ViT with
 //!   vector quantisation, the CLIP3D wrapper with strict checkpoint loading and the InfoNCE loss).
+//! - [`minilm`]: a BERT sentence encoder (all-MiniLM-L6-v2: `BertModel` + mean pooling + L2 normalise),
+//!   the text encoder never aligned with CT of the CLIP ablation.
 //! - [`unet`]: MONAI's `DiffusionModelUNetMaisi` (Text2CT's latent diffusion U-Net), with the
 //!   attention / transformer pieces in [`attention`].
 
@@ -22,6 +24,7 @@ pub mod ctnet;
 pub mod ctvit;
 pub mod error;
 pub mod interp;
+pub mod minilm;
 pub mod resnet2d;
 pub mod resnet3d;
 pub mod sliding;
@@ -35,6 +38,7 @@ pub use clip3d::{clip_loss, Clip3d, Clip3dConfig, ClipVisionEncoder};
 pub use clip_text::{ClipTextConfig, ClipTextEncoder};
 pub use ctvit::{CtVit, CtVitConfig};
 pub use error::{ModelError, Result};
+pub use minilm::{MiniLm, MiniLmConfig};
 /// `.npy` arrays come from the I/O crate (one implementation for the whole project).
 pub use text2ct_io::npy::NpyArray;
 pub use unet::{Unet, UnetCheckpoint, UnetCond, UnetConfig, UnetNet};

@@ -46,6 +46,9 @@ enum Command {
     Vae(cmd::vae::VaeArgs),
     /// Text2CT's 3D CLIP: embed report texts (what conditions the U-Net) or CT volumes.
     Clip(cmd::clip::ClipArgs),
+    /// Embed report texts with either text encoder that can condition the U-Net: Text2CT's 3D CLIP or
+    /// MiniLM (the CLIP ablation).
+    Text(cmd::text::TextArgs),
     /// The latent diffusion U-Net (MONAI DiffusionModelUNetMaisi): one forward pass on .npy inputs.
     Unet(cmd::unet::UnetArgs),
     /// Train a model from a TOML config (`text2ct train vae --config configs/train_vae_phantom.toml`).
@@ -74,6 +77,7 @@ fn main() {
         Command::Model(a) => cmd::model::run(a),
         Command::Vae(a) => cmd::vae::run(a),
         Command::Clip(a) => cmd::clip::run(a),
+        Command::Text(a) => cmd::text::run(a),
         Command::Unet(a) => cmd::unet::run(a),
         Command::Train(c) => cmd::train::run(c),
     };

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GenerateError, Result};
+use crate::text_encoder::TextEncoderKind;
 
 /// A network's configuration: a JSON file beside the card, or the object inline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,11 @@ pub struct NetworkRef {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextEncoderRef {
+    /// `clip3d` (default; Text2CT's 3D-CLIP text encoder, config a `CLIPTextConfig`) or `minilm` (the CLIP
+    /// ablation's all-MiniLM-L6-v2, config a `BertConfig`; needs a `wordpiece` tokenizer file). Cards written
+    /// before this field existed are `clip3d`; `clip3d` cards do not write it.
+    #[serde(default, skip_serializing_if = "TextEncoderKind::is_clip3d")]
+    pub kind: TextEncoderKind,
     pub config: ConfigRef,
     pub weights: String,
     /// Load only the text half of a CLIP checkpoint (the vision half is not needed to generate).
@@ -48,9 +54,13 @@ fn yes() -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizerRef {
-    /// `clip-bpe`: the release's CLIP BPE (merges embedded in text2ct).
+    /// `clip-bpe`: the release's CLIP BPE (merges embedded in text2ct), for `clip3d`; `wordpiece`: a BERT
+    /// WordPiece `tokenizer.json` beside the card (`file`), for `minilm`.
     pub kind: String,
     pub max_length: usize,
+    /// The tokenizer file, relative to the card's folder (`wordpiece` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// Sampling defaults (flags override them).
@@ -210,11 +220,12 @@ impl ModelCard {
             vae: NetworkRef { config: ConfigRef::Inline(vae), weights: "autoencoder_epoch273.pt".into() },
             unet: NetworkRef { config: ConfigRef::Inline(unet), weights: "unet_rflow_200ep.pt".into() },
             text_encoder: TextEncoderRef {
+                kind: TextEncoderKind::Clip3d,
                 config: ConfigRef::Inline(clip),
                 weights: "CLIP3D_Finding_Impression_30ep.pt".into(),
                 text_only: true,
             },
-            tokenizer: TokenizerRef { kind: "clip-bpe".into(), max_length: 512 },
+            tokenizer: TokenizerRef { kind: "clip-bpe".into(), max_length: 512, file: None },
             scale_factor: None,
             fallback_scale_factor: 1.0287,
             sampler: SamplerRef { kind: "rflow".into(), steps: 30, guidance: 5.0, exact: false },
@@ -280,8 +291,25 @@ impl ModelCard {
         if self.output.spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             return bad(format!("output spacing {:?} must be positive", self.output.spacing));
         }
-        if self.tokenizer.kind != "clip-bpe" {
-            return bad(format!("tokenizer {:?} is not supported (clip-bpe)", self.tokenizer.kind));
+        let want_tok = self.text_encoder.kind.tokenizer_kind();
+        if self.tokenizer.kind != want_tok {
+            return bad(format!(
+                "tokenizer {:?} does not go with the {} text encoder (it needs {want_tok:?})",
+                self.tokenizer.kind,
+                self.text_encoder.kind.name()
+            ));
+        }
+        match (self.text_encoder.kind, &self.tokenizer.file) {
+            (TextEncoderKind::Minilm, None) => {
+                return bad("the wordpiece tokenizer needs its file (tokenizer.file, e.g. \"tokenizer.json\")".into())
+            }
+            (TextEncoderKind::Clip3d, Some(f)) => {
+                return bad(format!("tokenizer.file {f:?} is not used by clip-bpe (its merges are built in)"))
+            }
+            _ => {}
+        }
+        if self.tokenizer.max_length < 2 {
+            return bad(format!("tokenizer max_length {} must be at least 2", self.tokenizer.max_length));
         }
         if !(self.fallback_scale_factor.is_finite() && self.fallback_scale_factor > 0.0) {
             return bad("fallback_scale_factor must be positive".into());
@@ -304,6 +332,9 @@ impl ModelCard {
             ("U-Net weights", self.unet.weights.clone()),
             ("text encoder weights", self.text_encoder.weights.clone()),
         ];
+        if let Some(f) = &self.tokenizer.file {
+            v.push(("tokenizer", f.clone()));
+        }
         for (what, c) in [
             ("VAE config", &self.vae.config),
             ("U-Net config", &self.unet.config),
@@ -373,5 +404,50 @@ mod tests {
         assert!(ModelCard::load(&d).unwrap_err().to_string().contains("extra"));
         let e = ModelCard::load(&d.join("nowhere")).unwrap_err().to_string();
         assert!(e.contains("init-release"), "{e}");
+    }
+
+    #[test]
+    fn text_encoder_kind_is_backwards_compatible_and_checked() {
+        let d = std::env::temp_dir().join(format!("text2ct-card-kind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let card = ModelCard::text2ct_release();
+        for (_, f) in card.files() {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        // A clip3d card writes neither `kind` nor `tokenizer.file`: cards read by older text2ct stay valid.
+        let j = serde_json::to_value(&card).unwrap();
+        assert!(j["text_encoder"].get("kind").is_none() && j["tokenizer"].get("file").is_none(), "{j}");
+        // A card written before the fields existed reads as clip3d.
+        std::fs::write(d.join("model.json"), j.to_string()).unwrap();
+        assert_eq!(ModelCard::load(&d).unwrap().text_encoder.kind, TextEncoderKind::Clip3d);
+
+        // minilm: wordpiece tokenizer with its file, which must exist and is hashed with the weights.
+        let mut m = card.clone();
+        m.text_encoder.kind = TextEncoderKind::Minilm;
+        let e = m.validate(&d).unwrap_err().to_string();
+        assert!(e.contains("\"clip-bpe\" does not go with the minilm text encoder"), "{e}");
+        m.tokenizer.kind = "wordpiece".into();
+        let e = m.validate(&d).unwrap_err().to_string();
+        assert!(e.contains("needs its file"), "{e}");
+        m.tokenizer.file = Some("tokenizer.json".into());
+        let e = m.validate(&d).unwrap_err().to_string();
+        assert!(e.contains("tokenizer file \"tokenizer.json\" is missing"), "{e}");
+        std::fs::write(d.join("tokenizer.json"), b"{}").unwrap();
+        m.validate(&d).unwrap();
+        assert!(m.files().iter().any(|(w, f)| *w == "tokenizer" && f == "tokenizer.json"));
+        m.save(&d).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("model.json")).unwrap()).unwrap();
+        assert_eq!(j["text_encoder"]["kind"], "minilm");
+        assert_eq!(ModelCard::load(&d).unwrap(), m);
+        // Unknown kinds are refused by name; clip3d with a tokenizer file is refused.
+        let mut j2 = j.clone();
+        j2["text_encoder"]["kind"] = "bert".into();
+        std::fs::write(d.join("model.json"), j2.to_string()).unwrap();
+        let e = ModelCard::load(&d).unwrap_err().to_string();
+        assert!(e.contains("bert") && e.contains("minilm"), "{e}");
+        let mut c = card.clone();
+        c.tokenizer.file = Some("tokenizer.json".into());
+        assert!(c.validate(&d).unwrap_err().to_string().contains("not used by clip-bpe"));
     }
 }

@@ -6,7 +6,9 @@ pub mod error;
 pub mod output;
 pub mod pipeline;
 pub mod prompts;
+pub mod text_encoder;
 
 pub use card::ModelCard;
 pub use error::{GenerateError, Result};
 pub use prompts::{jobs_for_prompt, jobs_from_csv, seed_for, Job, Shard};
+pub use text_encoder::{TextEncoder, TextEncoderKind};

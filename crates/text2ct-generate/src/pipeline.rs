@@ -1,5 +1,6 @@
-//! The text-to-CT pipeline: tokenizer → frozen CLIP text encoder → latent diffusion with
-//! classifier-free guidance → MAISI VAE decoder (sliding window) → HU volume.
+//! The text-to-CT pipeline: tokenizer → frozen text encoder (Text2CT's 3D CLIP, or MiniLM for the CLIP
+//! ablation; [`crate::text_encoder`]) → latent diffusion with classifier-free guidance → MAISI VAE decoder
+//! (sliding window) → HU volume.
 //!
 //! As Text2CT's inference code runs it (`../shared/reference/text2ct-upstream.md` §1.5.2): noise
 //! `[1, 4, X/4, Y/4, Z/4]`; for each step `v = v_u + w (v_c − v_u)` with the unconditional
@@ -19,15 +20,14 @@ use text2ct_diffusion::{
 };
 use text2ct_io::{Affine, Volume};
 use text2ct_models::burn::prelude::{Device, Int, Tensor, TensorData};
-use text2ct_models::clip_text::{ClipTextConfig, ClipTextEncoder};
 use text2ct_models::unet::{Unet, UnetCond, UnetConfig};
 use text2ct_models::vae::{Vae, VaeConfig};
-use text2ct_text::ClipTokenizer;
 
 use crate::card::ModelCard;
 use crate::error::{GenerateError, Result};
 use crate::output::{sha256_bytes, sha256_file, write_outputs, Sidecar, Timings};
 use crate::prompts::Job;
+use crate::text_encoder::TextEncoder;
 
 /// How to sample (defaults from the card; flags override).
 #[derive(Clone, Debug)]
@@ -49,8 +49,8 @@ pub struct Pipeline {
     pub card: ModelCard,
     pub vae: Vae,
     pub unet: Unet,
-    pub text: ClipTextEncoder,
-    pub tokenizer: ClipTokenizer,
+    /// The text encoder with its tokenizer (the kind the card names).
+    pub text: TextEncoder,
     pub scale_factor: f64,
     /// Where the scale factor came from ("card", "U-Net checkpoint", "fallback").
     pub scale_factor_source: &'static str,
@@ -70,21 +70,36 @@ impl Pipeline {
         let cfg = |c| -> Result<String> { Ok(ModelCard::config_json(dir, c)?.to_string()) };
         let vae_cfg = VaeConfig::from_json_str(&cfg(&card.vae.config)?).map_err(model_err)?;
         let unet_cfg = UnetConfig::from_json_str(&cfg(&card.unet.config)?).map_err(model_err)?;
-        let text_cfg = ClipTextConfig::from_json_str(&cfg(&card.text_encoder.config)?).map_err(model_err)?;
+        let text_cfg = cfg(&card.text_encoder.config)?;
         let vae = Vae::load(&vae_cfg, &dir.join(&card.vae.weights), device).map_err(model_err)?;
         let ck = Unet::load_checkpoint(&unet_cfg, &dir.join(&card.unet.weights), device).map_err(model_err)?;
-        let text =
-            ClipTextEncoder::load(&text_cfg, &dir.join(&card.text_encoder.weights), device).map_err(model_err)?;
+        let tok_file = card.tokenizer.file.as_ref().map(|f| dir.join(f));
+        let text = TextEncoder::load(
+            card.text_encoder.kind,
+            &text_cfg,
+            &dir.join(&card.text_encoder.weights),
+            tok_file.as_deref(),
+            device,
+        )?;
+        if card.tokenizer.max_length > text.max_positions() {
+            return Err(GenerateError::Card(format!(
+                "{}: tokenizer max_length {} exceeds the text encoder's {} positions",
+                dir.join(ModelCard::FILE).display(),
+                card.tokenizer.max_length,
+                text.max_positions()
+            )));
+        }
         let (scale_factor, scale_factor_source) = match (card.scale_factor, ck.scale_factor) {
             (Some(s), _) => (s, "card"),
             (None, Some(s)) => (s as f64, "U-Net checkpoint"),
             (None, None) => (card.fallback_scale_factor, "fallback (the U-Net file has none)"),
         };
-        if unet_cfg.cross_attention_dim.unwrap_or(0) != text.projection_dim() {
+        if unet_cfg.cross_attention_dim.unwrap_or(0) != text.dim() {
             return Err(GenerateError::Card(format!(
-                "the U-Net's cross_attention_dim ({:?}) differs from the text encoder's projection_dim ({})",
+                "the U-Net's cross_attention_dim ({:?}) differs from the {} text encoder's embedding size ({})",
                 unet_cfg.cross_attention_dim,
-                text.projection_dim()
+                text.kind().name(),
+                text.dim()
             )));
         }
         let mut weights_sha256 = Vec::new();
@@ -104,7 +119,6 @@ impl Pipeline {
             vae,
             unet: ck.unet,
             text,
-            tokenizer: ClipTokenizer::default_embedded().map_err(model_err)?,
             scale_factor,
             scale_factor_source,
             device: device.clone(),
@@ -142,8 +156,7 @@ impl Pipeline {
         if prompt.trim().is_empty() {
             return Err(GenerateError::Prompts("the prompt is empty".into()));
         }
-        let (ids, truncated) = self.tokenizer.encode_padded(prompt, self.card.tokenizer.max_length);
-        let ctx = self.text.encode_ids(&[ids]).map_err(model_err)?;
+        let (ctx, truncated) = self.text.encode(&[prompt], self.card.tokenizer.max_length)?;
         let d = ctx.dims()[1];
         let ctx = match &self.card.conditioning.context_norm {
             None => ctx,
@@ -159,7 +172,7 @@ impl Pipeline {
                 Tensor::from_data(TensorData::new(v, [1, d]), &self.device)
             }
         };
-        Ok((ctx.reshape([1, 1, d]), truncated))
+        Ok((ctx.reshape([1, 1, d]), truncated[0]))
     }
 
     /// Standard-normal noise for a latent, from a seed.

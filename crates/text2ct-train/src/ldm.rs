@@ -60,11 +60,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::Distribution;
 use serde::{Deserialize, Serialize};
 use text2ct_diffusion::{BetaSchedule, NoiseSchedule, RFlowScheduler};
+use text2ct_generate::{TextEncoder, TextEncoderKind};
 use text2ct_io::npy::NpyArray;
 use text2ct_models::blocks::{ParamKind, ParamSource};
-use text2ct_models::{
-    ClipTextConfig, ClipTextEncoder, RawTensor, StateDict, Unet, UnetCond, UnetConfig, UnetNet, Vae, VaeConfig,
-};
+use text2ct_models::{ClipTextConfig, RawTensor, StateDict, Unet, UnetCond, UnetConfig, UnetNet, Vae, VaeConfig};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::{bad, toml_from_file, toml_from_str, toml_to_string, RunConfig, ScheduleConfig, ScheduleKind};
@@ -109,15 +108,23 @@ pub struct FrozenNet {
     pub weights: PathBuf,
 }
 
-/// `[text_encoder]`: the frozen CLIP text encoder (Hugging Face `CLIPTextConfig` JSON; weights
-/// with `text_model.*` / `text_projection.weight`, or a whole CLIP3D checkpoint).
+/// `[text_encoder]`: the frozen text encoder. `kind = "clip3d"` (default): Text2CT's CLIP text encoder
+/// (Hugging Face `CLIPTextConfig` JSON; weights with `text_model.*` / `text_projection.weight`, or a whole
+/// CLIP3D checkpoint). `kind = "minilm"`: the CLIP ablation's all-MiniLM-L6-v2 (`BertConfig` JSON,
+/// `model.safetensors`, and `tokenizer = "…/tokenizer.json"`); its embedding size (384) must be the
+/// U-Net's `cross_attention_dim`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextEncoderConfig {
+    #[serde(default, skip_serializing_if = "TextEncoderKind::is_clip3d")]
+    pub kind: TextEncoderKind,
     pub config: PathBuf,
     pub weights: PathBuf,
-    /// Tokens per report (padded / truncated). Default: the encoder's `max_position_embeddings`
-    /// (512 for Text2CT's).
+    /// The WordPiece `tokenizer.json` (minilm only; clip3d's tokenizer is built in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
+    /// Tokens per report (padded / truncated). Default: clip3d the encoder's
+    /// `max_position_embeddings` (512 for Text2CT's); minilm 256 (sentence-transformers' `max_seq_length`).
     #[serde(default)]
     pub max_length: Option<usize>,
     /// Standardise every context dimension with the mean and std of the cached training
@@ -342,6 +349,18 @@ impl LdmTrainConfig {
             if !p.is_file() {
                 return bad(format!("{what} {} does not exist", p.display()));
             }
+        }
+        match (self.text_encoder.kind, &self.text_encoder.tokenizer) {
+            (TextEncoderKind::Minilm, None) => {
+                return bad("[text_encoder]: kind = \"minilm\" needs tokenizer = \"…/tokenizer.json\"")
+            }
+            (TextEncoderKind::Minilm, Some(t)) if !t.is_file() => {
+                return bad(format!("text_encoder.tokenizer {} does not exist", t.display()))
+            }
+            (TextEncoderKind::Clip3d, Some(_)) => {
+                return bad("[text_encoder]: tokenizer is for kind = \"minilm\" (clip3d's tokenizer is built in)")
+            }
+            _ => {}
         }
         if self.data.batch_size == 0 || self.data.limit == Some(0) {
             return bad("data.batch_size and data.limit must be >= 1");
@@ -591,6 +610,9 @@ struct CacheInfo {
     text_weights_bytes: u64,
     max_length: usize,
     seed: u64,
+    /// The WordPiece tokenizer file's size (minilm; absent for clip3d, as in caches made before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tokenizer_bytes: Option<u64>,
 }
 
 /// The cached latents and text embeddings of a manifest.
@@ -639,6 +661,42 @@ pub fn read_text_config(path: &Path) -> Result<(ClipTextConfig, serde_json::Valu
     Ok((cfg, text))
 }
 
+/// The `[text_encoder]` resolved from its config file.
+#[derive(Clone, Debug)]
+pub struct TextEncoderSpec {
+    pub kind: TextEncoderKind,
+    /// The config as the model folder gets it (`text_encoder_config.json`).
+    pub json: serde_json::Value,
+    /// Position table size (the longest token sequence).
+    pub positions: usize,
+    /// Embedding size: the U-Net's `cross_attention_dim`.
+    pub dim: usize,
+    /// Tokens per report: `max_length`, or the kind's default.
+    pub max_length: usize,
+}
+
+/// Read the text encoder's config by kind (see [`TextEncoderConfig`]) and check `max_length`.
+pub fn read_text_encoder_spec(t: &TextEncoderConfig) -> Result<TextEncoderSpec> {
+    let (json, positions, dim, default_len) = match t.kind {
+        TextEncoderKind::Clip3d => {
+            let (c, json) = read_text_config(&t.config)?;
+            (json, c.max_position_embeddings, c.projection_dim, c.max_position_embeddings)
+        }
+        TextEncoderKind::Minilm => {
+            let c = text2ct_models::MiniLmConfig::from_json_file(&t.config)
+                .map_err(|e| TrainError::Config(format!("[text_encoder] (minilm): {e}")))?;
+            let json = serde_json::to_value(&c).map_err(|e| TrainError::Train(e.to_string()))?;
+            let n = c.max_position_embeddings;
+            (json, n, c.output_dim(), n.min(text2ct_text::MINILM_MAX_LEN))
+        }
+    };
+    let max_length = t.max_length.unwrap_or(default_len);
+    if max_length < 2 || max_length > positions {
+        return bad(format!("text_encoder.max_length {max_length} must be in 2..={positions}"));
+    }
+    Ok(TextEncoderSpec { kind: t.kind, json, positions, dim, max_length })
+}
+
 /// Build (or reuse) the cache of `cfg` under `run.out_dir/cache`.
 pub fn build_cache(cfg: &LdmTrainConfig, progress: Progress) -> Result<LatentCache> {
     let dir = cfg.run.out_dir.join("cache");
@@ -648,21 +706,32 @@ pub fn build_cache(cfg: &LdmTrainConfig, progress: Progress) -> Result<LatentCac
     let set = VolumeSet::open(&cfg.data.train_manifest, cfg.data.limit)?;
     let dev = Device::flex();
     let vae_cfg = VaeConfig::from_json_file(&cfg.vae.config)?;
-    let (text_cfg, _) = read_text_config(&cfg.text_encoder.config)?;
-    let max_length = cfg.text_encoder.max_length.unwrap_or(text_cfg.max_position_embeddings);
-    if max_length < 2 || max_length > text_cfg.max_position_embeddings {
+    let spec = read_text_encoder_spec(&cfg.text_encoder)?;
+    let max_length = spec.max_length;
+    if Some(spec.dim) != cfg.model.cross_attention_dim {
         return bad(format!(
-            "text_encoder.max_length {max_length} must be in 2..={}",
-            text_cfg.max_position_embeddings
+            "[model] cross_attention_dim {:?} must equal the {} text encoder's embedding size {}",
+            cfg.model.cross_attention_dim,
+            spec.kind.name(),
+            spec.dim
         ));
     }
+    let text_config = match spec.kind {
+        // As caches were made before `kind` existed (the parsed CLIP config).
+        TextEncoderKind::Clip3d => {
+            let (c, _) = read_text_config(&cfg.text_encoder.config)?;
+            serde_json::to_value(&c).map_err(|e| TrainError::Train(e.to_string()))?
+        }
+        TextEncoderKind::Minilm => serde_json::json!({ "minilm": spec.json.clone() }),
+    };
     let info = CacheInfo {
         vae_config: serde_json::to_value(&vae_cfg).map_err(|e| TrainError::Train(e.to_string()))?,
         vae_weights_bytes: file_len(&cfg.vae.weights)?,
-        text_config: serde_json::to_value(&text_cfg).map_err(|e| TrainError::Train(e.to_string()))?,
+        text_config,
         text_weights_bytes: file_len(&cfg.text_encoder.weights)?,
         max_length,
         seed: cfg.run.seed,
+        tokenizer_bytes: cfg.text_encoder.tokenizer.as_deref().map(file_len).transpose()?,
     };
     let info_path = dir.join("cache.json");
     if info_path.is_file() {
@@ -694,7 +763,8 @@ pub fn build_cache(cfg: &LdmTrainConfig, progress: Progress) -> Result<LatentCac
         return bad(format!("volumes are {size0:?}: each extent must be a multiple of the VAE's factor {f}"));
     }
     let mut vae: Option<Vae> = None;
-    let mut text: Option<(ClipTextEncoder, text2ct_text::ClipTokenizer)> = None;
+    let mut text: Option<TextEncoder> = None;
+    let mut n_truncated = 0usize;
     let mut items = Vec::with_capacity(set.len());
     let n = set.len();
     let mut latent_shape = None;
@@ -719,14 +789,21 @@ pub fn build_cache(cfg: &LdmTrainConfig, progress: Progress) -> Result<LatentCac
         }
         if !tp.is_file() {
             if text.is_none() {
-                let enc = ClipTextEncoder::load(&text_cfg, &cfg.text_encoder.weights, &dev)?;
-                let tok = text2ct_text::ClipTokenizer::default_embedded()
-                    .map_err(|e| TrainError::Train(format!("tokenizer: {e}")))?;
-                text = Some((enc, tok));
+                let enc = TextEncoder::load(
+                    spec.kind,
+                    &spec.json.to_string(),
+                    &cfg.text_encoder.weights,
+                    cfg.text_encoder.tokenizer.as_deref(),
+                    &dev,
+                )
+                .map_err(|e| TrainError::Train(format!("{} text encoder: {e}", spec.kind.name())))?;
+                text = Some(enc);
             }
-            let (enc, tok) = text.as_ref().expect("loaded");
-            let (ids, _) = tok.encode_padded(&it.entry.report, max_length);
-            let e = enc.encode_ids(&[ids])?;
+            let enc = text.as_ref().expect("loaded");
+            let (e, cut) = enc
+                .encode_raw(&[it.entry.report.as_str()], max_length)
+                .map_err(|e| TrainError::Data(format!("report of {id}: {e}")))?;
+            n_truncated += usize::from(cut[0]);
             let ed = e.dims();
             NpyArray::new(vec![ed[0], ed[1]], to_vec(e)?)?.write(&tp)?;
         }
@@ -746,6 +823,12 @@ pub fn build_cache(cfg: &LdmTrainConfig, progress: Progress) -> Result<LatentCac
         }
         items.push((id.clone(), lp, tp, it.entry.spacing));
         progress(ProgressEvent::Eval { done: i + 1, total: n });
+    }
+    if n_truncated > 0 {
+        progress(ProgressEvent::Message(format!(
+            "warning: {n_truncated} report(s) longer than {max_length} tokens were truncated for the {} text encoder",
+            spec.kind.name()
+        )));
     }
     Ok(LatentCache {
         dir,
@@ -958,7 +1041,7 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
     }
     if Some(cache.text_dim) != cfg.model.cross_attention_dim {
         return bad(format!(
-            "[model] cross_attention_dim {:?} must equal the text encoder's projection dim {}",
+            "[model] cross_attention_dim {:?} must equal the text encoder's embedding size {}",
             cfg.model.cross_attention_dim, cache.text_dim
         ));
     }
@@ -1244,8 +1327,21 @@ fn export_model(
     write_json(&dir.join("vae_config.json"), &vae_cfg)?;
     let text_w = weights_name("text_encoder", &cfg.text_encoder.weights);
     copy_file(&cfg.text_encoder.weights, &dir.join(&text_w))?;
-    let (_, text_cfg) = read_text_config(&cfg.text_encoder.config)?;
-    write_json(&dir.join("text_encoder_config.json"), &text_cfg)?;
+    let spec = read_text_encoder_spec(&cfg.text_encoder)?;
+    write_json(&dir.join("text_encoder_config.json"), &spec.json)?;
+    let tokenizer_file = match &cfg.text_encoder.tokenizer {
+        Some(src) => {
+            let gz = src.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+            let name = if gz { "tokenizer.json.gz" } else { "tokenizer.json" };
+            copy_file(src, &dir.join(name))?;
+            Some(name.to_string())
+        }
+        None => None,
+    };
+    let text_what = match spec.kind {
+        TextEncoderKind::Clip3d => "CLIP text encoder",
+        TextEncoderKind::Minilm => "MiniLM text encoder (not aligned with CT: the CLIP ablation)",
+    };
     text2ct_io::error::atomic_write_bytes(&dir.join("train_config.toml"), cfg.to_toml_string()?.as_bytes())?;
     loss_curve(&log.records, cfg.objective.kind).save_png(&dir.join("loss_curve.png"))?;
 
@@ -1277,7 +1373,7 @@ fn export_model(
         description: e.description.clone().unwrap_or_else(|| {
             format!(
                 "Latent diffusion U-Net {:?} trained with text2ct train ldm ({obj}, {steps} steps, CFG dropout {}), \
-                 with the frozen VAE and CLIP text encoder it was trained with.",
+                 with the frozen VAE and {text_what} it was trained with.",
                 cfg.model.num_channels, cfg.objective.cfg_dropout
             )
         }),
@@ -1297,11 +1393,16 @@ fn export_model(
         vae: NetworkRef { config: ConfigRef::File("vae_config.json".into()), weights: vae_w },
         unet: NetworkRef { config: ConfigRef::File("unet_config.json".into()), weights: "unet.safetensors".into() },
         text_encoder: TextEncoderRef {
+            kind: spec.kind,
             config: ConfigRef::File("text_encoder_config.json".into()),
             weights: text_w,
             text_only: true,
         },
-        tokenizer: TokenizerRef { kind: "clip-bpe".into(), max_length: cache.max_length },
+        tokenizer: TokenizerRef {
+            kind: spec.kind.tokenizer_kind().into(),
+            max_length: cache.max_length,
+            file: tokenizer_file,
+        },
         scale_factor: None,
         fallback_scale_factor: scale_factor,
         sampler: SamplerRef { kind: kind.into(), steps: e.sampler_steps, guidance: e.guidance, exact: false },

@@ -7,9 +7,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use text2ct_models::burn::tensor::Device;
-use text2ct_models::{ClipTextConfig, ClipTextEncoder, StateDict, Unet, UnetConfig, Vae, VaeConfig};
+use text2ct_models::{
+    ClipTextConfig, ClipTextEncoder, MiniLm, MiniLmConfig, StateDict, Unet, UnetConfig, Vae, VaeConfig,
+};
 use text2ct_train::ldm::{
-    draw_micro, scale_factor_of, train_ldm_with, LdmTrainConfig, LdmTrainOptions, Objective, UnetKeyMap,
+    draw_micro, scale_factor_of, train_ldm_with, LdmTrainConfig, LdmTrainOptions, Objective, TextEncoderConfig,
+    UnetKeyMap,
 };
 use text2ct_train::ProgressEvent;
 
@@ -330,8 +333,8 @@ fn standardized_context_is_stored_and_applied_at_generation() {
     let prompt = "Findings: nodule left.";
     let (ctx, _) = pipe.encode_prompt(prompt).unwrap();
     let got = ctx.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
-    let (ids, _) = pipe.tokenizer.encode_padded(prompt, pipe.card.tokenizer.max_length);
-    let raw = pipe.text.encode_ids(&[ids]).unwrap().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    let (raw, _) = pipe.text.encode(&[prompt], pipe.card.tokenizer.max_length).unwrap();
+    let raw = raw.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
     for k in 0..dim {
         let want = (raw[k] - norm.mean[k]) / norm.std[k];
         assert!((got[k] - want).abs() < 1e-4 * want.abs().max(1.0), "dim {k}: {} vs {want}", got[k]);
@@ -340,4 +343,88 @@ fn standardized_context_is_stored_and_applied_at_generation() {
     let mut bad = pipe.card.clone();
     bad.conditioning.context_norm.as_mut().unwrap().std[0] = 0.0;
     assert!(bad.validate(&d.join("s/model")).is_err());
+}
+
+/// The CLIP ablation: `[text_encoder] kind = "minilm"` (a tiny random MiniLM with the real WordPiece
+/// vocabulary); the cache holds MiniLM embeddings, the exported folder loads in the pipeline and generates.
+#[test]
+fn minilm_text_encoder_trains_and_the_export_generates() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let dev = Device::flex();
+    let mcfg = MiniLmConfig {
+        hidden_size: 8,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 16,
+        max_position_embeddings: 32,
+        ..MiniLmConfig::all_minilm_l6_v2()
+    };
+    std::fs::write(d.join("minilm.json"), serde_json::to_string(&mcfg).unwrap()).unwrap();
+    let mw = d.join("minilm.safetensors");
+    MiniLm::new(&mcfg, 9, &dev).unwrap().to_state_dict().unwrap().write_safetensors(&mw, None).unwrap();
+    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../text2ct-text/fixtures/minilm/tokenizer.json.gz");
+    let mut cfg = config(d, "m", 2, "", "rflow", 1e-3, 2);
+    cfg.text_encoder = TextEncoderConfig {
+        kind: text2ct_generate::TextEncoderKind::Minilm,
+        config: d.join("minilm.json"),
+        weights: mw.clone(),
+        tokenizer: Some(tok.clone()),
+        max_length: None,
+        standardize: false,
+    };
+    // The config round-trips through TOML with the new fields; a clip3d config does not write them.
+    let back = LdmTrainConfig::from_toml_str(&cfg.to_toml_string().unwrap()).unwrap();
+    assert_eq!(back, cfg);
+    let clip_toml = config(d, "c", 2, "", "rflow", 1e-3, 2).to_toml_string().unwrap();
+    assert!(!clip_toml.contains("kind = \"clip3d\"") && !clip_toml.contains("tokenizer"), "{clip_toml}");
+
+    let mut q = quiet();
+    let r = train_ldm_with(&cfg, &LdmTrainOptions::default(), &mut q).unwrap();
+    assert_eq!(r.steps_done, 2);
+    // The cache holds the MiniLM embedding of each report (max_length = min(32 positions, 256)).
+    let enc = text2ct_generate::TextEncoder::load_minilm(&mcfg, &mw, &tok, &dev).unwrap();
+    let (want, _) = enc.encode(&["Findings: nodule left."], 32).unwrap();
+    let want = want.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    let got = text2ct_io::npy::NpyArray::read(&d.join("m/cache/text/vol_0.npy")).unwrap();
+    assert_eq!(got.shape, vec![1, 8]);
+    assert!(got.data.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
+
+    let pipe = text2ct_generate::pipeline::Pipeline::load(&d.join("m/model"), &dev).unwrap();
+    assert_eq!(pipe.text.kind(), text2ct_generate::TextEncoderKind::Minilm);
+    assert_eq!((pipe.text.dim(), pipe.card.tokenizer.max_length), (8, 32));
+    assert!(pipe.card.description.contains("MiniLM"), "{}", pipe.card.description);
+    let (ctx, _) = pipe.encode_prompt("Findings: nodule left.").unwrap();
+    let c = ctx.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    assert!(c.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
+    let opts = pipe.default_options();
+    let z = pipe.sample(pipe.noise(pipe.check_size(opts.size).unwrap(), 1), &ctx, &opts, &mut |_, _| {}).unwrap();
+    assert_eq!(pipe.decode(z, opts.size).unwrap().dims(), [16, 16, 8]);
+    assert!(pipe.encode_prompt("  ").unwrap_err().to_string().contains("empty"));
+
+    // The ablation's example config parses, with the encoder's size as the U-Net's context size.
+    let ex = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train_ldm_phantom_minilm.toml"),
+    )
+    .unwrap();
+    let ex = LdmTrainConfig::from_toml_str(&ex).unwrap();
+    assert_eq!(ex.text_encoder.kind, text2ct_generate::TextEncoderKind::Minilm);
+    assert_eq!(ex.model.cross_attention_dim, Some(MiniLmConfig::all_minilm_l6_v2().output_dim()));
+
+    // Bad [text_encoder] sections.
+    let mut bad = cfg.clone();
+    bad.text_encoder.tokenizer = None;
+    assert!(bad.validate().unwrap_err().to_string().contains("needs tokenizer"));
+    bad.text_encoder.tokenizer = Some(d.join("missing.json"));
+    assert!(bad.validate().unwrap_err().to_string().contains("missing.json"));
+    let mut bad = config(d, "x", 2, "", "rflow", 1e-3, 2);
+    bad.text_encoder.tokenizer = Some(tok.clone());
+    assert!(bad.validate().unwrap_err().to_string().contains("built in"));
+    let mut bad = cfg.clone();
+    bad.text_encoder.config = d.join("text_config.json"); // a CLIP config for kind = minilm
+    bad.run.out_dir = d.join("y");
+    let mut q = quiet();
+    let e = train_ldm_with(&bad, &LdmTrainOptions::default(), &mut q).unwrap_err().to_string();
+    assert!(e.contains("minilm"), "{e}");
 }

@@ -136,7 +136,7 @@ fn export_text(a: ExportTextArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_output(p: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_output(p: &Path) -> anyhow::Result<()> {
     if !p.to_string_lossy().to_lowercase().ends_with(".npy") {
         bail!("--output must be a .npy file, got {}", p.display());
     }
@@ -147,7 +147,12 @@ fn sidecar(out: &Path) -> PathBuf {
     out.with_extension("json")
 }
 
-fn write_outputs(out: &Path, rows: Vec<Vec<f32>>, dim: usize, meta: serde_json::Value) -> anyhow::Result<()> {
+pub(crate) fn write_outputs(
+    out: &Path,
+    rows: Vec<Vec<f32>>,
+    dim: usize,
+    meta: serde_json::Value,
+) -> anyhow::Result<()> {
     let n = rows.len();
     let data: Vec<f32> = rows.into_iter().flatten().collect();
     NpyArray::new(vec![n, dim], data)?.write(out)?;
@@ -160,20 +165,17 @@ fn write_outputs(out: &Path, rows: Vec<Vec<f32>>, dim: usize, meta: serde_json::
     Ok(())
 }
 
-fn rows_of(t: Tensor<2>) -> anyhow::Result<Vec<Vec<f32>>> {
+pub(crate) fn rows_of(t: Tensor<2>) -> anyhow::Result<Vec<Vec<f32>>> {
     let [_, d] = t.dims();
     let v =
         t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("reading tensor: {e:?}"))?;
     Ok(v.chunks(d.max(1)).map(<[f32]>::to_vec).collect())
 }
 
-fn embed_text(a: EmbedTextArgs) -> anyhow::Result<()> {
-    check_output(&a.output)?;
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    let (ids, texts): (Vec<String>, Vec<String>) = match (&a.text, &a.reports) {
-        (Some(t), None) => (vec!["text".to_string()], vec![t.clone()]),
+/// The texts of `--text` (id "text") or `--reports` (ids from the CSV), none of them blank.
+pub(crate) fn read_texts(text: Option<&str>, reports: Option<&Path>) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let (ids, texts): (Vec<String>, Vec<String>) = match (text, reports) {
+        (Some(t), None) => (vec!["text".to_string()], vec![t.to_string()]),
         (None, Some(csv)) => {
             let jobs = text2ct_generate::jobs_from_csv(csv, 1, 0, text2ct_generate::Shard::ALL)?;
             if jobs.is_empty() {
@@ -188,6 +190,15 @@ fn embed_text(a: EmbedTextArgs) -> anyhow::Result<()> {
             bail!("empty text ({id}): nothing to embed");
         }
     }
+    Ok((ids, texts))
+}
+
+fn embed_text(a: EmbedTextArgs) -> anyhow::Result<()> {
+    check_output(&a.output)?;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let (ids, texts) = read_texts(a.text.as_deref(), a.reports.as_deref())?;
     let cfg = Clip3dConfig::from_json_file(&a.config)?;
     let device = Device::flex();
     let t0 = Instant::now();

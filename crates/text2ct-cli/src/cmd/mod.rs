@@ -11,6 +11,7 @@ pub mod phantom;
 pub mod prepare;
 pub mod preview;
 pub mod schedule;
+pub mod text;
 pub mod train;
 pub mod unet;
 pub mod vae;

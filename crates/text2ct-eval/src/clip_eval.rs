@@ -73,7 +73,7 @@ pub struct ClassMetric {
     pub n_classes: usize,
 }
 
-fn averaged(vals: Vec<Option<f64>>, support: &[usize]) -> ClassMetric {
+pub(crate) fn averaged(vals: Vec<Option<f64>>, support: &[usize]) -> ClassMetric {
     let defined: Vec<(f64, usize)> = vals.iter().zip(support).filter_map(|(v, &s)| v.map(|v| (v, s))).collect();
     let n = defined.len();
     let macro_avg = (n > 0).then(|| defined.iter().map(|d| d.0).sum::<f64>() / n as f64);

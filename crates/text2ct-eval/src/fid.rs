@@ -146,6 +146,14 @@ impl VolumeSet {
         &self.ids[i]
     }
 
+    /// The file volume `i` is read from (the NIfTI file, or the prepared `.npy`).
+    pub fn source(&self, i: usize) -> &Path {
+        match &self.items[i] {
+            Item::Nifti(p) => p,
+            Item::Prepared { npy, .. } => npy,
+        }
+    }
+
     /// Volume `i` in HU, with its geometry.
     pub fn load(&self, i: usize) -> FidResult<text2ct_io::Volume> {
         match &self.items[i] {

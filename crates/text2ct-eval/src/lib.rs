@@ -5,6 +5,8 @@
 //! * [`classification`]: ROC AUC (ties), average precision, precision at a threshold, macro/weighted averages.
 //! * [`fid`]: the FID pipeline: MAISI's 2.5D protocol and a 3D protocol over volume sets, with the
 //!   backbones of text2ct-models; JSON / Markdown reports.
+//! * [`factual`]: factual correctness (Table 3): the CT-Net classifier folder, labelled volume sets
+//!   (NIfTI + sidecars or manifests matched to a labels CSV), predictions, AUC / precision reports.
 //! * [`retrieval`]: Recall@K, MAP@K, and CT-CLIP's volume-to-volume computation.
 //! * [`clip_eval`]: the 3D-CLIP protocol (zero-shot with two prompt styles, volume-to-volume MAP@K,
 //!   report-to-volume Recall@K) from embeddings; JSON / Markdown reports.
@@ -12,6 +14,7 @@
 pub mod classification;
 pub mod clip_eval;
 pub mod error;
+pub mod factual;
 pub mod fid;
 pub mod frechet;
 pub mod linalg;

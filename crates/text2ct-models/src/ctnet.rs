@@ -330,6 +330,98 @@ impl CtNet {
     }
 }
 
+/// Collects a CT-Net's tensors under ct-net-models' key names (the inverse of
+/// [`CtNetNet::build`] from a [`ParamSource`]): PyTorch layouts (a `Linear` weight is written
+/// `[out, in]`), BatchNorm running statistics included, no `num_batches_tracked`.
+struct CtExport {
+    sd: StateDict,
+    err: Option<String>,
+}
+
+impl CtExport {
+    fn put<const D: usize>(&mut self, key: String, t: Tensor<D>) {
+        let shape = t.dims().to_vec();
+        match t.into_data().convert::<f32>().try_into_vec::<f32>() {
+            Ok(v) => {
+                self.sd.tensors.insert(key, crate::weights::RawTensor::new(shape, v));
+            }
+            Err(e) => self.err = Some(format!("{key}: {e:?}")),
+        }
+    }
+    fn conv2d(&mut self, key: &str, c: &burn::nn::conv::Conv2d) {
+        self.put(format!("{key}.weight"), c.weight.val());
+        if let Some(b) = &c.bias {
+            self.put(format!("{key}.bias"), b.val());
+        }
+    }
+    fn bn(&mut self, key: &str, n: &burn::nn::BatchNorm) {
+        self.put(format!("{key}.weight"), n.gamma.val());
+        self.put(format!("{key}.bias"), n.beta.val());
+        self.put(format!("{key}.running_mean"), n.running_mean.value());
+        self.put(format!("{key}.running_var"), n.running_var.value());
+    }
+    fn linear(&mut self, key: &str, l: &Linear) {
+        // burn stores [in, out]; PyTorch [out, in].
+        self.put(format!("{key}.weight"), l.weight.val().transpose());
+        if let Some(b) = &l.bias {
+            self.put(format!("{key}.bias"), b.val());
+        }
+    }
+}
+
+impl CtNet {
+    /// All tensors as a state dict with ct-net-models' key names (what [`CtNet::load`] and
+    /// [`CtNet::from_state_dict`] read back exactly).
+    pub fn to_state_dict(&self) -> Result<StateDict> {
+        let mut ex = CtExport { sd: StateDict::default(), err: None };
+        let t = &self.net.trunk;
+        ex.conv2d("features.0", &t.conv1);
+        ex.bn("features.1", &t.bn1);
+        for (li, stage) in t.stages.iter().enumerate() {
+            for (bi, b) in stage.blocks.iter().enumerate() {
+                let k = format!("features.{}.{bi}", 4 + li);
+                ex.conv2d(&format!("{k}.conv1"), &b.conv1);
+                ex.bn(&format!("{k}.bn1"), &b.bn1);
+                ex.conv2d(&format!("{k}.conv2"), &b.conv2);
+                ex.bn(&format!("{k}.bn2"), &b.bn2);
+                if let (Some(c3), Some(b3)) = (&b.conv3, &b.bn3) {
+                    ex.conv2d(&format!("{k}.conv3"), c3);
+                    ex.bn(&format!("{k}.bn3"), b3);
+                }
+                if let Some(d) = &b.downsample {
+                    ex.conv2d(&format!("{k}.downsample.0"), &d.conv);
+                    ex.bn(&format!("{k}.downsample.1"), &d.bn);
+                }
+            }
+        }
+        for (i, c) in self.net.reducing.iter().enumerate() {
+            let key = format!("reducingconvs.{}", 2 * i);
+            ex.put(format!("{key}.weight"), c.weight.val());
+            if let Some(b) = &c.bias {
+                ex.put(format!("{key}.bias"), b.val());
+            }
+        }
+        ex.linear("classifier.0", &self.net.fc1);
+        ex.linear("classifier.3", &self.net.fc2);
+        ex.linear("classifier.6", &self.net.out);
+        match ex.err {
+            Some(e) => Err(ModelError::Invalid(format!("CT-Net export: {e}"))),
+            None => Ok(ex.sd),
+        }
+    }
+
+    /// Save the weights as f32 `.safetensors` with ct-net-models' key names (the config JSON is
+    /// kept in the file's metadata as `text2ct_ctnet_config`).
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        if let Ok(cfg) = serde_json::to_string(&self.config) {
+            meta.insert("text2ct_ctnet_config".to_string(), cfg);
+        }
+        self.to_state_dict()?.write_safetensors(path, Some(meta))
+    }
+}
+
 /// CT-Net input values for one volume: `hu` in x-fastest order with dims `(X, Y, Z)` =
 /// `(size[1], size[0], n_slices)` (crop / pad first). Returns `[T, 3, H, W]` row-major: slice
 /// `z` is triplet `z / 3`, channel `z % 3`, rows `y`, columns `x`; values
@@ -369,6 +461,20 @@ mod tests {
         // Full ResNet-18 trunk on 48 slices of 64 x 64.
         let cfg = CtNetConfig::fitted(48, [64, 64], [64, 128, 256, 512], 64).unwrap();
         assert!(cfg.flatten_size().unwrap() > 0);
+    }
+
+    #[test]
+    fn state_dict_round_trip_is_exact() {
+        let cfg = CtNetConfig::fitted(24, [64, 64], [8, 8, 12, 16], 8).unwrap();
+        let fresh = CtNet::random_state_dict(&cfg, 3).unwrap();
+        let dev = Device::flex();
+        let m = CtNet::from_state_dict(&cfg, fresh.clone(), &dev, Path::new("mem")).unwrap();
+        let back = m.to_state_dict().unwrap();
+        assert_eq!(back.tensors.keys().collect::<Vec<_>>(), fresh.tensors.keys().collect::<Vec<_>>());
+        for (k, t) in &fresh.tensors {
+            assert_eq!(back.tensors[k].shape, t.shape, "{k}");
+            assert_eq!(back.tensors[k].data, t.data, "{k}");
+        }
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //!   optimizer state survive a restart).
 //! - [`clip`]: [`train_clip`](clip::train_clip): 3D-CLIP training (symmetric InfoNCE, clamped
 //!   learnable temperature, cosine + warm-up), embeddings for `text2ct eval clip`.
+//! - [`classifier`]: [`train`](classifier::train): the CT-Net classifier (weighted multi-label BCE,
+//!   label-preserving augmentation), exported as the folder `text2ct eval factual` loads.
+//! - [`augment`]: the augmentation study (Table 6): real / synthetic / real + synthetic training,
+//!   tested on real.
+//! - [`runloop`]: the run-loop skeleton shared by trainers (resume policy, stop conditions,
+//!   AdamW, checkpoints, JSONL logs).
 //! - [`disc`]: a 3D PatchGAN discriminator.
 //! - [`ldm`]: [`train_ldm`](ldm::train_ldm): latent diffusion (rectified flow L1 / DDPM L2) with
 //!   cached VAE latents and text embeddings, exported as a `text2ct generate` model folder.
@@ -20,7 +26,9 @@
 //! Progress is reported through a callback ([`progress::ProgressEvent`]) so front ends draw
 //! their own bars.
 
+pub mod augment;
 pub mod checkpoint;
+pub mod classifier;
 pub mod clip;
 pub mod config;
 pub mod data;
@@ -31,6 +39,7 @@ pub mod metrics;
 pub mod params;
 pub mod plot;
 pub mod progress;
+pub mod runloop;
 pub mod schedule;
 pub mod vae;
 

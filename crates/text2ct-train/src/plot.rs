@@ -198,3 +198,130 @@ pub fn fmt_tick(v: f64) -> String {
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
+
+/// A grouped bar chart: one group per category (e.g. a metric), one bar per series in each
+/// group (e.g. a training regime), with a legend and the values printed above the bars.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BarPlot {
+    pub title: String,
+    pub y_label: String,
+    /// Category names (the groups along x).
+    pub groups: Vec<String>,
+    /// `(series name, one value per group)`; non-finite values draw no bar.
+    pub series: Vec<(String, Vec<f64>)>,
+    /// Fixed y range (default: from 0 to 1.1 x the largest value).
+    pub y_range: Option<(f64, f64)>,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl BarPlot {
+    pub fn new(title: &str, y_label: &str, groups: &[&str]) -> Self {
+        BarPlot {
+            title: title.into(),
+            y_label: y_label.into(),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+            series: Vec::new(),
+            y_range: None,
+            width: 1000,
+            height: 560,
+        }
+    }
+
+    pub fn with_series(mut self, name: &str, values: Vec<f64>) -> Self {
+        self.series.push((name.into(), values));
+        self
+    }
+
+    /// Render to an RGB image.
+    pub fn render(&self) -> Result<RgbImage> {
+        if self.groups.is_empty() || self.series.iter().any(|(_, v)| v.len() != self.groups.len()) {
+            return Err(err("bar plot: every series needs one value per group"));
+        }
+        register_fonts();
+        let max = self.series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite()).fold(0.0, f64::max);
+        let (y0, y1) = self.y_range.unwrap_or((0.0, if max > 0.0 { max * 1.15 } else { 1.0 }));
+        let mut buf = vec![255u8; (self.width * self.height * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (self.width, self.height)).into_drawing_area();
+            root.fill(&WHITE).map_err(err)?;
+            let ng = self.groups.len();
+            let mut chart = ChartBuilder::on(&root)
+                .caption(&self.title, ("sans-serif", 22))
+                .margin(14)
+                .x_label_area_size(40)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0.0..ng as f64, y0..y1)
+                .map_err(err)?;
+            let groups = self.groups.clone();
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(ng * 2 + 1)
+                .x_label_formatter(&|v| {
+                    let k = v.floor() as usize;
+                    if (v - k as f64 - 0.5).abs() < 0.01 && k < groups.len() {
+                        groups[k].clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .y_desc(&self.y_label)
+                .axis_desc_style(("sans-serif", 16))
+                .label_style(("sans-serif", 13))
+                .y_label_formatter(&|v| fmt_tick(*v))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()
+                .map_err(err)?;
+            let ns = self.series.len().max(1);
+            let bw = 0.8 / ns as f64;
+            for (si, (name, vals)) in self.series.iter().enumerate() {
+                let c = COLORS[si % COLORS.len()];
+                let bars: Vec<Rectangle<(f64, f64)>> = vals
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(g, &v)| {
+                        let x0 = g as f64 + 0.1 + si as f64 * bw;
+                        Rectangle::new([(x0, y0), (x0 + bw * 0.95, v)], c.filled())
+                    })
+                    .collect();
+                chart
+                    .draw_series(bars)
+                    .map_err(err)?
+                    .label(name)
+                    .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], c.filled()));
+                let labels: Vec<Text<(f64, f64), String>> = vals
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(g, &v)| {
+                        let x0 = g as f64 + 0.1 + si as f64 * bw;
+                        Text::new(format!("{v:.3}"), (x0, v + (y1 - y0) * 0.035), ("sans-serif", 12).into_font())
+                    })
+                    .collect();
+                chart.draw_series(labels).map_err(err)?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()
+                .map_err(err)?;
+            root.present().map_err(err)?;
+        }
+        RgbImage::from_raw(self.width, self.height, buf).ok_or_else(|| err("buffer size"))
+    }
+
+    /// Render and write a PNG atomically.
+    pub fn save_png(&self, path: &Path) -> Result<()> {
+        let img = self.render()?;
+        text2ct_io::error::atomic_write(path, |tmp| {
+            img.save_with_format(tmp, image::ImageFormat::Png)
+                .map_err(|e| text2ct_io::error::IoError::invalid(format!("{}: {e}", tmp.display())))
+        })?;
+        Ok(())
+    }
+}

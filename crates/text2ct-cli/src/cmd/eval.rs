@@ -37,6 +37,15 @@ pub enum EvalCommand {
     /// Table 2, [clip] → Table 4, [sweep] → Figure 3) and write report.md, report.json, the PNGs
     /// and a provenance block into one folder (configs/eval_phantom.toml; docs/evaluation/report.md).
     Report(ReportArgs),
+    /// Factual correctness (the paper's Table 3; docs/evaluation/factual.md): a trained CT-Net
+    /// classifier predicts the 18 labels of every volume; AUC and precision (per class, macro,
+    /// weighted) against the labels of each volume's report. Several sets give one row each,
+    /// "real" first. Writes factual.json and factual.md.
+    Factual(FactualArgs),
+    /// The augmentation study (the paper's Table 6): CT-Net trained on real only, synthetic only
+    /// and real + synthetic (same steps and seed), tested on the same real set. Writes
+    /// augment.json, augment.md and augment.png into study.out_dir. Resumable.
+    Augment(AugmentArgs),
 }
 
 #[derive(clap::Args)]
@@ -109,6 +118,54 @@ pub struct SweepArgs {
 }
 
 #[derive(clap::Args)]
+pub struct FactualArgs {
+    /// The classifier folder (classifier.json, ctnet_config.json, ctnet.safetensors), e.g. the
+    /// final/ folder of `text2ct train classifier`.
+    #[arg(long)]
+    pub classifier: PathBuf,
+    /// A volume set, as NAME=PATH or PATH (repeatable): a folder of NIfTI files (generate's
+    /// output; searched recursively), a prepared folder or manifest.jsonl. A set named "real"
+    /// is the first row.
+    #[arg(long, required = true)]
+    pub volumes: Vec<String>,
+    /// Labels, as NAME=PATH (for that set) or PATH (for every set without its own): CT-RATE's
+    /// labels CSV (VolumeName + the 18 label columns) or a prepared manifest. NIfTI volumes are
+    /// matched by the id in their JSON sidecar, else by file name (without _seed<N>). A
+    /// manifest set without --labels uses its own labels.
+    #[arg(long)]
+    pub labels: Vec<String>,
+    /// Row name when a single set is given without NAME= (default: the folder name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Decision threshold of precision on the sigmoid (default: the classifier's, 0.5).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Centre pad (-1000 HU) / crop volumes whose shape differs from the classifier's training
+    /// shape (by default that is an error).
+    #[arg(long)]
+    pub pad_crop: bool,
+    /// Volumes per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct AugmentArgs {
+    /// The study config (TOML; see configs/eval_augment_phantom.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override study.out_dir.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Override train.steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+}
+
+#[derive(clap::Args)]
 pub struct ClipEvalArgs {
     /// The trained CLIP: a folder with clip_config.json + clip.safetensors (a run's final/ or a
     /// checkpoint), a training run folder, or a .safetensors file with clip_config.json beside it.
@@ -175,6 +232,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         EvalCommand::PromptEffects(a) => crate::cmd::effects::run(a),
         EvalCommand::Sweep(a) => run_sweep(a),
         EvalCommand::Report(a) => run_report(a),
+        EvalCommand::Factual(a) => run_factual(a),
+        EvalCommand::Augment(a) => run_augment(a),
     }
 }
 
@@ -365,5 +424,131 @@ fn run_report(a: ReportArgs) -> Result<()> {
         println!("[{}] {:.1} s", t.section, t.seconds);
     }
     println!("wrote {} and report.json", a.out.join("report.md").display());
+    Ok(())
+}
+
+/// `NAME=PATH` or `PATH`.
+fn split_named(s: &str) -> (Option<String>, PathBuf) {
+    if let Some((n, p)) = s.split_once('=') {
+        if !n.is_empty() && !p.is_empty() && !n.contains('/') && !n.contains(std::path::MAIN_SEPARATOR) {
+            return (Some(n.to_string()), PathBuf::from(p));
+        }
+    }
+    (None, PathBuf::from(s))
+}
+
+fn run_factual(a: FactualArgs) -> Result<()> {
+    use text2ct_eval::factual::{evaluate, Classifier, FactualOptions, LabeledSet, PredictOptions};
+    if a.batch == 0 {
+        bail!("--batch must be positive");
+    }
+    let mut sets: Vec<(Option<String>, PathBuf)> = a.volumes.iter().map(|v| split_named(v)).collect();
+    if sets.len() == 1 && sets[0].0.is_none() {
+        sets[0].0 = a.name.clone();
+    } else if a.name.is_some() {
+        bail!("--name is for a single --volumes PATH; name several sets as --volumes NAME=PATH");
+    }
+    let mut named_labels = std::collections::HashMap::new();
+    let mut shared_labels: Option<PathBuf> = None;
+    for l in &a.labels {
+        match split_named(l) {
+            (Some(n), p) => {
+                if named_labels.insert(n.to_ascii_lowercase(), p).is_some() {
+                    bail!("--labels {n}=…: given twice");
+                }
+            }
+            (None, p) => {
+                if shared_labels.replace(p).is_some() {
+                    bail!("give one --labels PATH for all sets, or --labels NAME=PATH per set");
+                }
+            }
+        }
+    }
+    let mut opened = Vec::new();
+    for (name, path) in sets {
+        let name = name.unwrap_or_else(|| {
+            let p = if path.file_name().is_some_and(|f| f == "manifest.jsonl") { path.parent() } else { Some(path.as_path()) };
+            p.and_then(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "set".into())
+        });
+        let labels = named_labels.remove(&name.to_ascii_lowercase()).or_else(|| shared_labels.clone());
+        let set = LabeledSet::open(&path, labels.as_deref()).with_context(|| format!("set {name} ({})", path.display()))?;
+        eprintln!("set {name}: {} volumes from {}, labels {}", set.len(), path.display(), set.labels_path.display());
+        opened.push((name, set));
+    }
+    if let Some(n) = named_labels.keys().next() {
+        bail!("--labels {n}=…: no --volumes set of that name");
+    }
+    let dev = Device::flex();
+    let clf = Classifier::load(&a.classifier, &dev).with_context(|| format!("loading {}", a.classifier.display()))?;
+    let total: usize = opened.iter().map(|(_, s)| s.len()).sum();
+    let pb = crate::util::progress(total as u64, "ctnet");
+    let mut base = 0usize;
+    let mut cur = String::new();
+    let mut last = 0usize;
+    let opts = FactualOptions {
+        predict: PredictOptions { batch: a.batch, pad_crop: a.pad_crop },
+        threshold: a.threshold,
+        keep_predictions: true,
+    };
+    if let Some(t) = a.threshold {
+        if !(0.0..=1.0).contains(&t) {
+            bail!("--threshold must be in [0, 1], got {t}");
+        }
+    }
+    let mut rep = evaluate(&clf, opened, &opts, &mut |name, done, _| {
+        if name != cur {
+            base += last;
+            cur = name.to_string();
+        }
+        last = done;
+        pb.set_position((base + done) as u64);
+    })?;
+    pb.finish_and_clear();
+    rep.meta.insert("command".into(), std::env::args().collect::<Vec<_>>().join(" ").into());
+    rep.meta.insert("text2ct_version".into(), env!("CARGO_PKG_VERSION").into());
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    text2ct_io::error::atomic_write_bytes(&a.out.join("factual.json"), rep.to_json().as_bytes())?;
+    let md = rep.to_markdown();
+    text2ct_io::error::atomic_write_bytes(&a.out.join("factual.md"), md.as_bytes())?;
+    println!("{}", text2ct_eval::factual::table3_markdown("Set", &rep.rows));
+    println!("wrote {} and {}", a.out.join("factual.json").display(), a.out.join("factual.md").display());
+    Ok(())
+}
+
+fn run_augment(a: AugmentArgs) -> Result<()> {
+    use text2ct_train::augment::{run_study, AugmentStudyConfig};
+    let mut cfg = AugmentStudyConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    if let Some(o) = a.out_dir {
+        cfg.study.out_dir = o;
+    }
+    if let Some(s) = a.steps {
+        let mut t = cfg.train.clone().unwrap_or_else(|| {
+            text2ct_train::augment::StudyTrainConfig { steps: s, batch_size: 4, seed: 0, checkpoint_every: 100 }
+        });
+        t.steps = s;
+        cfg.train = Some(t);
+    }
+    cfg.validate()?;
+    let pb = crate::util::progress(0, "augment");
+    let mut on_event = |ev: text2ct_train::ProgressEvent| match ev {
+        text2ct_train::ProgressEvent::Start { start_step, total_steps, .. } => {
+            pb.set_length(total_steps as u64);
+            pb.set_position(start_step as u64);
+        }
+        text2ct_train::ProgressEvent::Step { step, .. } => pb.set_position(step as u64),
+        text2ct_train::ProgressEvent::Message(m) => pb.println(m),
+        _ => {}
+    };
+    let rep = run_study(&cfg, &mut on_event)?;
+    pb.finish_and_clear();
+    let rows: Vec<_> = rep.results.iter().map(|r| r.test.clone()).collect();
+    println!("{}", text2ct_eval::factual::table3_markdown("Training set", &rows));
+    let o = &cfg.study.out_dir;
+    println!(
+        "wrote {}, {} and {}",
+        o.join("augment.json").display(),
+        o.join("augment.md").display(),
+        o.join("augment.png").display()
+    );
     Ok(())
 }

@@ -126,7 +126,8 @@ fn as_generated(manifest: &Path, out: &Path) {
 
 fn labels_csv(manifest: &Path, path: &Path, drop_last: bool) {
     let n = if drop_last { 17 } else { 18 };
-    let mut s = format!("VolumeName,{}\n", LABELS[..n].iter().map(|l| format!("\"{l}\"")).collect::<Vec<_>>().join(","));
+    let mut s =
+        format!("VolumeName,{}\n", LABELS[..n].iter().map(|l| format!("\"{l}\"")).collect::<Vec<_>>().join(","));
     for (id, l) in manifest_rows(manifest) {
         s.push_str(&format!("{id}.nii.gz,{}\n", l[..n].iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")));
     }
@@ -192,8 +193,21 @@ fn train_then_evaluate_real_and_generated_sets() {
     let syn = format!("synth={}", gen.display());
     let real = format!("real={}", test.display());
     let lab = format!("synth={}", csv.display());
-    run(&["eval", "factual", "--classifier", clf_s, "--volumes", &syn, "--volumes", &real, "--labels", &lab, "--out", o.to_str().unwrap()])
-        .unwrap();
+    run(&[
+        "eval",
+        "factual",
+        "--classifier",
+        clf_s,
+        "--volumes",
+        &syn,
+        "--volumes",
+        &real,
+        "--labels",
+        &lab,
+        "--out",
+        o.to_str().unwrap(),
+    ])
+    .unwrap();
     let r = json(&o.join("factual.json"));
     let rows = r["rows"].as_array().unwrap();
     assert_eq!(rows[0]["name"], "real", "real is the first row");
@@ -231,7 +245,12 @@ fn train_then_evaluate_real_and_generated_sets() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| (p[1].as_str().unwrap().to_string(), p[2].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()))
+            .map(|p| {
+                (
+                    p[1].as_str().unwrap().to_string(),
+                    p[2].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect(),
+                )
+            })
             .collect()
     };
     let (a, b) = (by_key(&rows[0]), by_key(&rows[1]));
@@ -250,8 +269,19 @@ fn train_then_evaluate_real_and_generated_sets() {
     let mut lines: Vec<&str> = full.lines().collect();
     let dropped = lines.pop().unwrap().split(',').next().unwrap().trim_end_matches(".nii.gz").to_string();
     std::fs::write(&short, lines.join("\n") + "\n").unwrap();
-    let e = run(&["eval", "factual", "--classifier", clf_s, "--volumes", gens, "--labels", short.to_str().unwrap(), "--out", o2s])
-        .unwrap_err();
+    let e = run(&[
+        "eval",
+        "factual",
+        "--classifier",
+        clf_s,
+        "--volumes",
+        gens,
+        "--labels",
+        short.to_str().unwrap(),
+        "--out",
+        o2s,
+    ])
+    .unwrap_err();
     assert!(e.contains(&dropped) && e.contains("no labels"), "{e}");
     // NIfTI without labels at all.
     let e = run(&["eval", "factual", "--classifier", clf_s, "--volumes", gens, "--out", o2s]).unwrap_err();
@@ -259,14 +289,36 @@ fn train_then_evaluate_real_and_generated_sets() {
     // Mismatched label columns.
     let c17 = d.path().join("c17.csv");
     labels_csv(&test, &c17, true);
-    let e = run(&["eval", "factual", "--classifier", clf_s, "--volumes", gens, "--labels", c17.to_str().unwrap(), "--out", o2s])
-        .unwrap_err();
+    let e = run(&[
+        "eval",
+        "factual",
+        "--classifier",
+        clf_s,
+        "--volumes",
+        gens,
+        "--labels",
+        c17.to_str().unwrap(),
+        "--out",
+        o2s,
+    ])
+    .unwrap_err();
     assert!(e.contains("c17.csv") && e.contains("Interlobular septal thickening"), "{e}");
     // An empty set.
     let empty = d.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let e = run(&["eval", "factual", "--classifier", clf_s, "--volumes", empty.to_str().unwrap(), "--labels", csv.to_str().unwrap(), "--out", o2s])
-        .unwrap_err();
+    let e = run(&[
+        "eval",
+        "factual",
+        "--classifier",
+        clf_s,
+        "--volumes",
+        empty.to_str().unwrap(),
+        "--labels",
+        csv.to_str().unwrap(),
+        "--out",
+        o2s,
+    ])
+    .unwrap_err();
     assert!(e.contains("empty") && e.contains("no volumes"), "{e}");
     // A volume of the wrong shape: named, with the way out.
     let odd = d.path().join("odd");
@@ -275,13 +327,37 @@ fn train_then_evaluate_real_and_generated_sets() {
     let a = Affine::from_spacing_origin([6.0, 6.0, 10.0], [0.0; 3]).unwrap();
     let vol = Volume::from_fn([32, 32, 9], a, |_, _, _| -900.0).unwrap();
     write_nifti(&odd.join(format!("{id0}_seed1.nii.gz")), &vol, &WriteOptions::ct_hu()).unwrap();
-    let e = run(&["eval", "factual", "--classifier", clf_s, "--volumes", odd.to_str().unwrap(), "--labels", csv.to_str().unwrap(), "--out", o2s])
-        .unwrap_err();
+    let e = run(&[
+        "eval",
+        "factual",
+        "--classifier",
+        clf_s,
+        "--volumes",
+        odd.to_str().unwrap(),
+        "--labels",
+        csv.to_str().unwrap(),
+        "--out",
+        o2s,
+    ])
+    .unwrap_err();
     assert!(e.contains(&format!("{id0}_seed1.nii.gz")) && e.contains("--pad-crop"), "{e}");
-    run(&["eval", "factual", "--classifier", clf_s, "--volumes", odd.to_str().unwrap(), "--labels", csv.to_str().unwrap(), "--pad-crop", "--out", o2s])
-        .unwrap();
+    run(&[
+        "eval",
+        "factual",
+        "--classifier",
+        clf_s,
+        "--volumes",
+        odd.to_str().unwrap(),
+        "--labels",
+        csv.to_str().unwrap(),
+        "--pad-crop",
+        "--out",
+        o2s,
+    ])
+    .unwrap();
     // Not a classifier folder.
-    let e = run(&["eval", "factual", "--classifier", gens, "--volumes", test.to_str().unwrap(), "--out", o2s]).unwrap_err();
+    let e =
+        run(&["eval", "factual", "--classifier", gens, "--volumes", test.to_str().unwrap(), "--out", o2s]).unwrap_err();
     assert!(e.contains("classifier.json"), "{e}");
 }
 
@@ -337,7 +413,8 @@ fc = [16, 8]
         assert!(r2["results"][k]["training"].is_null());
     }
     // Bad config: the test set does not exist.
-    std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace(test.to_str().unwrap(), "/nonexistent/m.jsonl")).unwrap();
+    std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace(test.to_str().unwrap(), "/nonexistent/m.jsonl"))
+        .unwrap();
     let e = run(&["eval", "augment", "--config", p.to_str().unwrap()]).unwrap_err();
     assert!(e.contains("study.test.volumes") && e.contains("aug.toml"), "{e}");
 }

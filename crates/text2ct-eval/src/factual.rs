@@ -138,7 +138,10 @@ impl Classifier {
     /// Load a classifier folder (see the module docs) on `dev`.
     pub fn load(dir: &Path, dev: &Device) -> FactualResult<Self> {
         if !dir.is_dir() {
-            return input(format!("classifier {}: not a folder (expected {INFO_FILE}, {CONFIG_FILE}, {WEIGHTS_FILE})", dir.display()));
+            return input(format!(
+                "classifier {}: not a folder (expected {INFO_FILE}, {CONFIG_FILE}, {WEIGHTS_FILE})",
+                dir.display()
+            ));
         }
         for f in [INFO_FILE, CONFIG_FILE, WEIGHTS_FILE] {
             if !dir.join(f).is_file() {
@@ -151,7 +154,11 @@ impl Classifier {
         }
         let info: ClassifierInfo = read_json(&dir.join(INFO_FILE))?;
         if info.format != CLASSIFIER_FORMAT {
-            return input(format!("{}: format {:?}, expected {CLASSIFIER_FORMAT:?}", dir.join(INFO_FILE).display(), info.format));
+            return input(format!(
+                "{}: format {:?}, expected {CLASSIFIER_FORMAT:?}",
+                dir.join(INFO_FILE).display(),
+                info.format
+            ));
         }
         if info.label_names != LABELS {
             return input(format!(
@@ -161,7 +168,11 @@ impl Classifier {
         }
         let cfg: CtNetConfig = read_json(&dir.join(CONFIG_FILE))?;
         if cfg.n_outputs != NUM_LABELS {
-            return input(format!("{}: n_outputs {} (need {NUM_LABELS})", dir.join(CONFIG_FILE).display(), cfg.n_outputs));
+            return input(format!(
+                "{}: n_outputs {} (need {NUM_LABELS})",
+                dir.join(CONFIG_FILE).display(),
+                cfg.n_outputs
+            ));
         }
         let wpath = dir.join(WEIGHTS_FILE);
         let model = CtNet::load(&cfg, &wpath, dev)?;
@@ -195,7 +206,9 @@ pub fn ctnet_input(cfg: &CtNetConfig, hu: &[f32], dims: [usize; 3]) -> FactualRe
     if hu.len() != dims.iter().product::<usize>() {
         return input(format!("volume data of {} values do not match its shape {dims:?}", hu.len()));
     }
-    let v = if dims == want { prepare_volume(cfg, hu, dims)? } else {
+    let v = if dims == want {
+        prepare_volume(cfg, hu, dims)?
+    } else {
         prepare_volume(cfg, &pad_crop_monai(hu, dims, want, -1000.0), want)?
     };
     Ok(v)
@@ -339,9 +352,10 @@ impl LabelTable {
             let mut v = Vec::with_capacity(NUM_LABELS);
             for (c, &i) in idx.iter().enumerate() {
                 let cell = rec.get(i).unwrap_or("");
-                v.push(parse_label(cell).ok_or_else(|| {
-                    err(format!("row {} ({k}): {:?} = {cell:?} is not 0/1", r + 2, LABELS[c]))
-                })?);
+                v.push(
+                    parse_label(cell)
+                        .ok_or_else(|| err(format!("row {} ({k}): {:?} = {cell:?} is not 0/1", r + 2, LABELS[c])))?,
+                );
             }
             if rows.insert(k.clone(), v).is_some() {
                 return Err(err(format!("row {}: {k:?} appears twice", r + 2)));
@@ -413,13 +427,7 @@ impl LabeledSet {
                     table.path.display()
                 ));
             };
-            items.push(LabeledItem {
-                id: set.id(i).to_string(),
-                key,
-                key_source: src,
-                path,
-                labels: l.clone(),
-            });
+            items.push(LabeledItem { id: set.id(i).to_string(), key, key_source: src, path, labels: l.clone() });
         }
         Ok(LabeledSet { set, labels_path: table.path, items })
     }
@@ -656,13 +664,13 @@ pub fn evaluate(
     let threshold = opts.threshold.unwrap_or(clf.info.threshold);
     let mut rows = Vec::new();
     for (name, set) in real_first(sets) {
-        let probs = predict(&clf.model, &set, Some(clf.info.data_size), &opts.predict, &mut |d, t| progress(&name, d, t))?;
+        let probs =
+            predict(&clf.model, &set, Some(clf.info.data_size), &opts.predict, &mut |d, t| progress(&name, d, t))?;
         let mut m = set_metrics(&name, &set.label_rows(), &probs, threshold)?;
         m.volumes = set.set.path.display().to_string();
         m.labels = set.labels_path.display().to_string();
         if opts.keep_predictions {
-            m.predictions =
-                set.items.iter().zip(probs).map(|(it, p)| (it.id.clone(), it.key.clone(), p)).collect();
+            m.predictions = set.items.iter().zip(probs).map(|(it, p)| (it.id.clone(), it.key.clone(), p)).collect();
         }
         rows.push(m);
     }
@@ -757,7 +765,10 @@ impl FactualReport {
         s.push_str(&per_class_markdown(&self.class_names, &self.rows));
         s.push_str("\n## Sets\n\n");
         for r in &self.rows {
-            s.push_str(&format!("- **{}**: {} volumes from `{}`, labels `{}`\n", r.name, r.n_volumes, r.volumes, r.labels));
+            s.push_str(&format!(
+                "- **{}**: {} volumes from `{}`, labels `{}`\n",
+                r.name, r.n_volumes, r.volumes, r.labels
+            ));
         }
         s
     }
@@ -778,12 +789,8 @@ mod tests {
 
     #[test]
     fn metrics_match_classification_module() {
-        let labels = vec![
-            vec![true, false, true],
-            vec![false, false, true],
-            vec![true, false, true],
-            vec![false, false, true],
-        ];
+        let labels =
+            vec![vec![true, false, true], vec![false, false, true], vec![true, false, true], vec![false, false, true]];
         let probs = vec![vec![0.9, 0.2, 0.6], vec![0.4, 0.7, 0.3], vec![0.3, 0.1, 0.8], vec![0.6, 0.4, 0.55]];
         let m = set_metrics("s", &labels, &probs, 0.5).unwrap();
         // Column 1 has no positives and column 2 no negatives: AUC only for class 0.

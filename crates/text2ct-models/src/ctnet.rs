@@ -332,7 +332,8 @@ impl CtNet {
 
 /// Collects a CT-Net's tensors under ct-net-models' key names (the inverse of
 /// [`CtNetNet::build`] from a [`ParamSource`]): PyTorch layouts (a `Linear` weight is written
-/// `[out, in]`), BatchNorm running statistics included, no `num_batches_tracked`.
+/// `[out, in]`), BatchNorm running statistics included (synced: burn commits a training update
+/// lazily, so `value()` alone would lag one step), no `num_batches_tracked`.
 struct CtExport {
     sd: StateDict,
     err: Option<String>,
@@ -357,8 +358,8 @@ impl CtExport {
     fn bn(&mut self, key: &str, n: &burn::nn::BatchNorm) {
         self.put(format!("{key}.weight"), n.gamma.val());
         self.put(format!("{key}.bias"), n.beta.val());
-        self.put(format!("{key}.running_mean"), n.running_mean.value());
-        self.put(format!("{key}.running_var"), n.running_var.value());
+        self.put(format!("{key}.running_mean"), n.running_mean.value_sync());
+        self.put(format!("{key}.running_var"), n.running_var.value_sync());
     }
     fn linear(&mut self, key: &str, l: &Linear) {
         // burn stores [in, out]; PyTorch [out, in].

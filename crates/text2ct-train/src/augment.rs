@@ -251,7 +251,8 @@ impl AugmentReport {
 
     pub fn to_markdown(&self) -> String {
         let rows: Vec<SetMetrics> = self.results.iter().map(|r| r.test.clone()).collect();
-        let mut s = String::from("# Augmentation study (CT-Net trained on real / synthetic / both, tested on real)\n\n");
+        let mut s =
+            String::from("# Augmentation study (CT-Net trained on real / synthetic / both, tested on real)\n\n");
         s.push_str(&format!(
             "Test set `{}` ({} real volumes). Each regime: the same network, {} optimizer steps, seed {}; \
              precision at p >= {}; weighted = by positives per class (docs/evaluation/factual.md).\n\n",
@@ -321,7 +322,11 @@ pub fn run_study(cfg: &AugmentStudyConfig, progress: Progress) -> Result<Augment
         let rc = cfg.regime_config(r);
         let fin = rc.run.out_dir.join("final");
         let training = if fin.join(text2ct_eval::factual::INFO_FILE).is_file() {
-            progress(ProgressEvent::Message(format!("{}: classifier exists in {}, not retrained", r.label(), fin.display())));
+            progress(ProgressEvent::Message(format!(
+                "{}: classifier exists in {}, not retrained",
+                r.label(),
+                fin.display()
+            )));
             None
         } else {
             progress(ProgressEvent::Message(format!("{}: training in {}", r.label(), rc.run.out_dir.display())));
@@ -329,10 +334,11 @@ pub fn run_study(cfg: &AugmentStudyConfig, progress: Progress) -> Result<Augment
         };
         let clf = Classifier::load(&fin, &dev).map_err(data_err)?;
         let want = (!s.pad_crop).then_some(clf.info.data_size);
-        let probs = predict(&clf.model, &test, want, &PredictOptions { batch: 4, pad_crop: s.pad_crop }, &mut |d, t| {
-            progress(ProgressEvent::Eval { done: d, total: t })
-        })
-        .map_err(data_err)?;
+        let probs =
+            predict(&clf.model, &test, want, &PredictOptions { batch: 4, pad_crop: s.pad_crop }, &mut |d, t| {
+                progress(ProgressEvent::Eval { done: d, total: t })
+            })
+            .map_err(data_err)?;
         let mut m = set_metrics(r.label(), &test.label_rows(), &probs, s.threshold).map_err(data_err)?;
         m.volumes = test.set.path.display().to_string();
         m.labels = test.labels_path.display().to_string();

@@ -628,8 +628,7 @@ fn dropout_mask(dims: [usize; 2], p: f64, seed: u64, dev: &Device) -> Tensor<2> 
     let n = dims[0] * dims[1];
     let keep = 1.0 - p;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let v: Vec<f32> =
-        (0..n).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
+    let v: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
     Tensor::from_data(TensorData::new(v, dims), dev)
 }
 

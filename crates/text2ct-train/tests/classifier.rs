@@ -131,7 +131,8 @@ fn loss_decreases_and_the_classifier_folder_works() {
     assert_eq!(clf.info.data_size, [32, 32, 6]);
     let set = text2ct_eval::factual::LabeledSet::open(&val, None).unwrap();
     let probs =
-        text2ct_eval::factual::predict(&clf.model, &set, Some([32, 32, 6]), &Default::default(), &mut |_, _| {}).unwrap();
+        text2ct_eval::factual::predict(&clf.model, &set, Some([32, 32, 6]), &Default::default(), &mut |_, _| {})
+            .unwrap();
     let m = text2ct_eval::factual::set_metrics("validation", &set.label_rows(), &probs, 0.5).unwrap();
     let close = |a: Option<f64>, b: Option<f64>| (a.unwrap() - b.unwrap()).abs() < 1e-6;
     assert!(close(m.auc.macro_avg, v.auc.macro_avg), "{:?} vs {:?}", m.auc, v.auc);
@@ -194,6 +195,9 @@ fn bad_data_is_a_clear_error() {
     let err = ClassifierTrainConfig::from_toml_str(&bad).unwrap().validate().unwrap_err().to_string();
     assert!(err.contains("data.train[0].volumes") && err.contains("nope"), "{err}");
     // Unknown keys are refused.
-    assert!(ClassifierTrainConfig::from_toml_str(&format!("{}\n[augment]\nflip = true\n", tiny_config(&train, None, &out, 2)))
-        .is_err());
+    assert!(ClassifierTrainConfig::from_toml_str(&format!(
+        "{}\n[augment]\nflip = true\n",
+        tiny_config(&train, None, &out, 2)
+    ))
+    .is_err());
 }

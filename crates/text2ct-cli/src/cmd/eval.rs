@@ -467,11 +467,16 @@ fn run_factual(a: FactualArgs) -> Result<()> {
     let mut opened = Vec::new();
     for (name, path) in sets {
         let name = name.unwrap_or_else(|| {
-            let p = if path.file_name().is_some_and(|f| f == "manifest.jsonl") { path.parent() } else { Some(path.as_path()) };
+            let p = if path.file_name().is_some_and(|f| f == "manifest.jsonl") {
+                path.parent()
+            } else {
+                Some(path.as_path())
+            };
             p.and_then(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "set".into())
         });
         let labels = named_labels.remove(&name.to_ascii_lowercase()).or_else(|| shared_labels.clone());
-        let set = LabeledSet::open(&path, labels.as_deref()).with_context(|| format!("set {name} ({})", path.display()))?;
+        let set =
+            LabeledSet::open(&path, labels.as_deref()).with_context(|| format!("set {name} ({})", path.display()))?;
         eprintln!("set {name}: {} volumes from {}, labels {}", set.len(), path.display(), set.labels_path.display());
         opened.push((name, set));
     }
@@ -517,13 +522,17 @@ fn run_factual(a: FactualArgs) -> Result<()> {
 
 fn run_augment(a: AugmentArgs) -> Result<()> {
     use text2ct_train::augment::{run_study, AugmentStudyConfig};
-    let mut cfg = AugmentStudyConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    let mut cfg =
+        AugmentStudyConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
     if let Some(o) = a.out_dir {
         cfg.study.out_dir = o;
     }
     if let Some(s) = a.steps {
-        let mut t = cfg.train.clone().unwrap_or_else(|| {
-            text2ct_train::augment::StudyTrainConfig { steps: s, batch_size: 4, seed: 0, checkpoint_every: 100 }
+        let mut t = cfg.train.clone().unwrap_or_else(|| text2ct_train::augment::StudyTrainConfig {
+            steps: s,
+            batch_size: 4,
+            seed: 0,
+            checkpoint_every: 100,
         });
         t.steps = s;
         cfg.train = Some(t);

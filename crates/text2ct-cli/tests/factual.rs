@@ -50,7 +50,7 @@ fn volume(i: usize, metal: bool, fluid: bool) -> Vec<i16> {
                 d[x + nx * (y + ny * z)] = if fluid && (18..26).contains(&y) && (5..15).contains(&x) {
                     10
                 } else {
-                    -800 + ((x * 7 + y * 3 + z * 11 + i) % 40) as i16
+                    -800 + ((x * 7 + y * 3 + z * 11) % 40) as i16
                 };
             }
         }

@@ -28,6 +28,9 @@
 //! labels come from reports that name sides ("right pleural effusion"), and a left-right flip
 //! would silently contradict them; no rotations for the same reason.
 //!
+//! **Initialisation**: PyTorch's defaults (trunk BatchNorm identity), except the output bias,
+//! which starts at the base-rate optimum `ln(w_c·p_c / (1 - p_c))` ([`prior_bias`]).
+//!
 //! **Dropout** is CT-Net's (0.5 after each hidden FC), with masks drawn from a generator seeded
 //! by `(seed, step, micro-batch)` so that a resumed run is bit-identical to an uninterrupted one
 //! (the data order and augmentation are pure functions of `(seed, epoch, position)`, as in
@@ -40,7 +43,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::{log_sigmoid, relu};
@@ -337,18 +340,9 @@ impl ClassifierTrainConfig {
         if !(self.loss.max_pos_weight.is_finite() && self.loss.max_pos_weight >= 1.0) {
             return bad("loss.max_pos_weight must be finite and >= 1");
         }
-        let o = &self.optim;
-        if !(o.lr.is_finite() && o.lr > 0.0) {
-            return bad("optim.lr must be finite and > 0");
-        }
-        if o.disc_lr.is_some() {
+        self.optim.validate()?;
+        if self.optim.disc_lr.is_some() {
             return bad("optim.disc_lr is for the VAE's discriminator; the classifier has none");
-        }
-        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) || !(o.eps > 0.0) || !(o.weight_decay >= 0.0) {
-            return bad("optim: betas in [0, 1), eps > 0, weight_decay >= 0");
-        }
-        if o.grad_accum_steps == 0 || o.grad_clip_norm.is_some_and(|c| !(c > 0.0)) {
-            return bad("optim.grad_accum_steps must be >= 1 and optim.grad_clip_norm > 0");
         }
         if self.run.steps == 0 {
             return bad("run.steps must be >= 1");
@@ -653,6 +647,21 @@ fn forward_train(net: &CtNetNet, cfg: &CtNetConfig, x: Tensor<5>, seed: u64, dev
     net.out.forward(z)
 }
 
+/// The output bias that minimises the weighted BCE of a constant prediction:
+/// `b_c = ln(w_c·p_c / (1 - p_c))` (prevalence `p_c` clamped to [1e-3, 1 - 1e-3], `b_c` to
+/// [-6, 6]). A fresh classifier starts from it, so the first hundreds of Adam steps (which move a
+/// bias by about `lr` each) are not spent learning the base rates.
+pub fn prior_bias(prevalence: &[f64], pos_weight: &[f64]) -> Vec<f32> {
+    prevalence
+        .iter()
+        .zip(pos_weight)
+        .map(|(&p, &w)| {
+            let p = p.clamp(1e-3, 1.0 - 1e-3);
+            ((w * p) / (1.0 - p)).ln().clamp(-6.0, 6.0) as f32
+        })
+        .collect()
+}
+
 /// Weighted BCE with logits (PyTorch's `BCEWithLogitsLoss(pos_weight)`, mean reduction).
 pub fn weighted_bce(logits: Tensor<2>, targets: Tensor<2>, pos_weight: Tensor<2>) -> Tensor<1> {
     let lp = log_sigmoid(logits.clone());
@@ -744,7 +753,12 @@ pub fn train_with(
     let pos_weight = data.pos_weight(&cfg.loss);
 
     let dev = Device::flex().autodiff();
-    let mut net = params::assign_ids(CtNet::new(&ctcfg, seed, &dev)?.net, 0);
+    let mut net = CtNet::new(&ctcfg, seed, &dev)?.net;
+    net.out.bias = Some(Param::from_tensor(Tensor::<1>::from_data(
+        TensorData::new(prior_bias(&prevalence, &pos_weight), [NUM_LABELS]),
+        &dev,
+    )));
+    let mut net = params::assign_ids(net, 0);
     let mut optim = runloop::adamw(&cfg.optim);
     let mut sched = Schedule::from_config(&cfg.schedule, cfg.optim.lr, total)?;
     let mut loader = EpochLoader::new(data.len(), seed);
@@ -966,6 +980,21 @@ mod tests {
         let s = |v: f64| 1.0 / (1.0 + (-v).exp());
         let want = -(3.0 * s(0.5).ln() + (1.0 - s(-1.0)).ln() + (1.0 - s(2.0)).ln() + s(0.0).ln()) / 4.0;
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn prior_bias_is_the_constant_optimum() {
+        let b = prior_bias(&[0.25, 0.0, 0.5], &[3.0, 1.0, 1.0]);
+        assert!(b[0].abs() < 1e-6, "w p = 1 - p gives 0");
+        assert_eq!(b[1], -6.0, "ln(1e-3 / (1 - 1e-3)) = -6.9 is clamped");
+        assert!(b[2].abs() < 1e-6);
+        // The weighted BCE of a constant logit is smallest at the prior bias.
+        let f = |x: f64, p: f64, w: f64| {
+            -(w * p * (1.0 / (1.0 + (-x).exp())).ln() + (1.0 - p) * (1.0 / (1.0 + x.exp())).ln())
+        };
+        let (p, w) = (0.1, 4.0);
+        let x0 = prior_bias(&[p], &[w])[0] as f64;
+        assert!(f(x0, p, w) < f(x0 + 0.05, p, w) && f(x0, p, w) < f(x0 - 0.05, p, w));
     }
 
     #[test]

@@ -339,6 +339,29 @@ fn finite_nonneg(name: &str, v: f64) -> Result<()> {
     Ok(())
 }
 
+impl OptimConfig {
+    /// Check the `[optim]` values.
+    pub fn validate(&self) -> Result<()> {
+        let o = self;
+        if !(o.lr.is_finite() && o.lr > 0.0) || o.disc_lr.is_some_and(|l| !(l.is_finite() && l > 0.0)) {
+            return bad("optim.lr and optim.disc_lr must be finite and > 0");
+        }
+        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return bad(format!("optim.betas {:?} must be in [0, 1)", o.betas));
+        }
+        if !(o.eps > 0.0) || !(o.weight_decay >= 0.0) {
+            return bad("optim.eps must be > 0 and optim.weight_decay >= 0");
+        }
+        if o.grad_accum_steps == 0 {
+            return bad("optim.grad_accum_steps must be >= 1");
+        }
+        if o.grad_clip_norm.is_some_and(|c| !(c > 0.0)) {
+            return bad("optim.grad_clip_norm must be > 0");
+        }
+        Ok(())
+    }
+}
+
 impl VaeTrainConfig {
     /// Parse TOML text (no file checks; see [`VaeTrainConfig::validate`]).
     pub fn from_toml_str(s: &str) -> Result<Self> {
@@ -385,22 +408,7 @@ impl VaeTrainConfig {
         if d.limit == Some(0) {
             return bad("data.limit must be >= 1");
         }
-        let o = &self.optim;
-        if !(o.lr.is_finite() && o.lr > 0.0) || o.disc_lr.is_some_and(|l| !(l.is_finite() && l > 0.0)) {
-            return bad("optim.lr and optim.disc_lr must be finite and > 0");
-        }
-        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            return bad(format!("optim.betas {:?} must be in [0, 1)", o.betas));
-        }
-        if !(o.eps > 0.0) || !(o.weight_decay >= 0.0) {
-            return bad("optim.eps must be > 0 and optim.weight_decay >= 0");
-        }
-        if o.grad_accum_steps == 0 {
-            return bad("optim.grad_accum_steps must be >= 1");
-        }
-        if o.grad_clip_norm.is_some_and(|c| !(c > 0.0)) {
-            return bad("optim.grad_clip_norm must be > 0");
-        }
+        self.optim.validate()?;
         let s = &self.schedule;
         if !(s.power.is_finite() && s.power >= 0.0) || !(s.min_lr.is_finite() && s.min_lr >= 0.0) {
             return bad("schedule.power and schedule.min_lr must be finite and >= 0");

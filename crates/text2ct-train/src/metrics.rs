@@ -1,13 +1,10 @@
 //! A JSONL log of step losses, and its loss-curve PNG.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, TrainError};
 use crate::plot::LinePlot;
 use crate::progress::StepLosses;
+use crate::runloop::JsonlLog;
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,57 +18,11 @@ pub struct StepRecord {
     pub step_s: f64,
 }
 
-/// The metrics log: kept in memory and appended to `path` line by line.
-pub struct MetricsLog {
-    pub path: PathBuf,
-    pub records: Vec<StepRecord>,
-}
+/// The metrics log: kept in memory and appended to `path` line by line (the generic
+/// [`JsonlLog`] of the run-loop module: `create`, `push`, `rewrite`, `read`).
+pub type MetricsLog = JsonlLog<StepRecord>;
 
-impl MetricsLog {
-    /// A fresh log (truncates `path`) holding `records` (those of a checkpoint when resuming).
-    pub fn create(path: &Path, records: Vec<StepRecord>) -> Result<Self> {
-        let log = MetricsLog { path: path.to_path_buf(), records };
-        log.rewrite(path)?;
-        Ok(log)
-    }
-
-    /// Append one record (to memory and to the file).
-    pub fn push(&mut self, r: StepRecord) -> Result<()> {
-        let line = serde_json::to_string(&r).map_err(|e| TrainError::Train(e.to_string()))?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| TrainError::io(&self.path, e))?;
-        writeln!(f, "{line}").map_err(|e| TrainError::io(&self.path, e))?;
-        self.records.push(r);
-        Ok(())
-    }
-
-    /// Write all records as JSONL to `path` (atomically).
-    pub fn rewrite(&self, path: &Path) -> Result<()> {
-        let mut s = String::new();
-        for r in &self.records {
-            s.push_str(&serde_json::to_string(r).map_err(|e| TrainError::Train(e.to_string()))?);
-            s.push('\n');
-        }
-        text2ct_io::error::atomic_write_bytes(path, s.as_bytes())?;
-        Ok(())
-    }
-
-    /// Read a JSONL log.
-    pub fn read(path: &Path) -> Result<Vec<StepRecord>> {
-        let s = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        s.lines()
-            .filter(|l| !l.trim().is_empty())
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .map_err(|e| TrainError::Data(format!("{}: line {}: {e}", path.display(), i + 1)))
-            })
-            .collect()
-    }
-
+impl JsonlLog<StepRecord> {
     /// The loss curves (moving averages over `window` steps), log y axis.
     pub fn loss_curve(&self, title: &str) -> LinePlot {
         let window = (self.records.len() / 50).clamp(1, 50);

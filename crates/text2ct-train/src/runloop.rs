@@ -8,7 +8,8 @@
 //! starts fresh when there is none). [`read_resume`] checks that the checkpoint was written by
 //! a run with the same seed and returns its saved config for the caller to compare.
 //!
-//! Used by the classifier trainer (`classifier.rs`).
+//! Used by the classifier trainer (`classifier.rs`); the VAE and LDM loss logs (`metrics.rs`) are a
+//! [`JsonlLog`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -28,7 +28,7 @@ pub fn labelled_dataset(dir: &Path, n: usize, seed: u64) -> PathBuf {
         for z in 0..nz {
             for y in 4..28 {
                 for x in 4..28 {
-                    data[x + nx * (y + ny * z)] = -800 + ((x * 7 + y * 3 + z * 11 + i) % 40) as i16;
+                    data[x + nx * (y + ny * z)] = -800 + ((x * 7 + y * 3 + z * 11) % 40) as i16;
                 }
             }
             if fluid {
@@ -107,17 +107,18 @@ fn loss_decreases_and_the_classifier_folder_works() {
     let train = labelled_dataset(&dir.path().join("train"), 16, 0);
     let val = labelled_dataset(&dir.path().join("val"), 8, 5);
     let out = dir.path().join("run");
-    let cfg = ClassifierTrainConfig::from_toml_str(&tiny_config(&train, Some(&val), &out, 60)).unwrap();
+    let cfg = ClassifierTrainConfig::from_toml_str(&tiny_config(&train, Some(&val), &out, 150)).unwrap();
     let s = train_with(&cfg, &ClassifierTrainOptions::default(), &mut quiet()).unwrap();
-    assert_eq!(s.steps_done, 60);
+    assert_eq!(s.steps_done, 150);
     assert_eq!(s.input_size, [32, 32, 6]);
-    assert!(s.final_loss < 0.8 * s.first_loss, "loss {} -> {}", s.first_loss, s.final_loss);
+    // The output bias starts at the base rates, so what the loss loses is learnt from the images.
+    assert!(s.final_loss < 0.9 * s.first_loss, "loss {} -> {}", s.first_loss, s.final_loss);
     // Prevalence weights: N_neg / N_pos, clamped to [1, 10]; classes without positives get 1.
     let prev = &s.train_prevalence;
     assert!((s.pos_weight[0] - ((1.0 - prev[0]) / prev[0]).clamp(1.0, 10.0)).abs() < 1e-12);
     assert_eq!(s.pos_weight[1], 1.0);
-    // Held-out AUC per epoch (16 volumes / batch 4 = one epoch per 4 steps) and at the end.
-    assert!(s.val_history.len() >= 14, "{} validation records", s.val_history.len());
+    // Held-out AUC after every epoch (16 volumes / batch 4 = one epoch per 4 steps) and at the end.
+    assert!(s.val_history.len() >= 37, "{} validation records", s.val_history.len());
     let v = s.val.as_ref().unwrap();
     assert_eq!(v.auc.n_classes, 2, "two classes have both values in the held-out set");
     let fin = s.final_dir.clone().unwrap();

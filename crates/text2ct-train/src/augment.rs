@@ -110,6 +110,17 @@ pub struct StudyTrainConfig {
     pub checkpoint_every: usize,
 }
 
+impl Default for StudyTrainConfig {
+    fn default() -> Self {
+        StudyTrainConfig {
+            steps: default_steps(),
+            batch_size: default_batch(),
+            seed: 0,
+            checkpoint_every: default_ckpt(),
+        }
+    }
+}
+
 fn all_regimes() -> Vec<Regime> {
     Regime::ALL.to_vec()
 }
@@ -155,12 +166,7 @@ impl AugmentStudyConfig {
     }
 
     fn train_cfg(&self) -> StudyTrainConfig {
-        self.train.clone().unwrap_or(StudyTrainConfig {
-            steps: default_steps(),
-            batch_size: default_batch(),
-            seed: 0,
-            checkpoint_every: default_ckpt(),
-        })
+        self.train.clone().unwrap_or_default()
     }
 
     /// The classifier config of one regime.

@@ -480,7 +480,7 @@ impl EpochLoader {
     }
 
     /// The next `(item, sample seed)`.
-    pub fn next(&mut self) -> (usize, u64) {
+    pub fn next_sample(&mut self) -> (usize, u64) {
         if self.state.pos >= self.n {
             self.state = LoaderState { epoch: self.state.epoch + 1, pos: 0 };
         }
@@ -837,7 +837,7 @@ pub fn train_with(
             let mut xs = Vec::with_capacity(bsz * per);
             let mut ys = Vec::with_capacity(bsz * NUM_LABELS);
             for _ in 0..bsz {
-                let (idx, s) = loader.next();
+                let (idx, s) = loader.next_sample();
                 let hu = augment(&data.hu[idx], input, &cfg.augment, s);
                 xs.extend(prepare_volume(&ctcfg, &hu, input)?);
                 ys.extend(data.labels[idx].iter().map(|&l| l as f32));
@@ -1018,14 +1018,14 @@ mod tests {
     #[test]
     fn loader_is_a_pure_function_of_its_state() {
         let mut a = EpochLoader::new(5, 9);
-        let seq: Vec<_> = (0..12).map(|_| a.next()).collect();
+        let seq: Vec<_> = (0..12).map(|_| a.next_sample()).collect();
         let mut b = EpochLoader::new(5, 9);
         for _ in 0..7 {
-            b.next();
+            b.next_sample();
         }
         let mut c = EpochLoader::new(5, 9);
         c.state = b.state;
-        let rest: Vec<_> = (0..5).map(|_| c.next()).collect();
+        let rest: Vec<_> = (0..5).map(|_| c.next_sample()).collect();
         assert_eq!(rest, seq[7..]);
         let mut first: Vec<usize> = seq[..5].iter().map(|x| x.0).collect();
         first.sort();

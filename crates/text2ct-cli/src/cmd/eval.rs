@@ -528,12 +528,7 @@ fn run_augment(a: AugmentArgs) -> Result<()> {
         cfg.study.out_dir = o;
     }
     if let Some(s) = a.steps {
-        let mut t = cfg.train.clone().unwrap_or_else(|| text2ct_train::augment::StudyTrainConfig {
-            steps: s,
-            batch_size: 4,
-            seed: 0,
-            checkpoint_every: 100,
-        });
+        let mut t = cfg.train.clone().unwrap_or_default();
         t.steps = s;
         cfg.train = Some(t);
     }

@@ -137,3 +137,35 @@ fn generate_bad_input() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// Without --model (and without TEXT2CT_MODEL) the embedded phantom model is written to the
+/// cache and used: a NIfTI of the card's size and spacing, in HU, with the seed in its name.
+#[test]
+fn generate_uses_the_embedded_default_model() {
+    let d = std::env::temp_dir().join(format!("text2ct-cli-gen-default-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let out = d.join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_text2ct"))
+        .args(["generate", "--prompt", "Findings: Right pleural effusion. Impression: Right pleural effusion."])
+        .args(["--steps", "2", "--seed", "3", "--out", out.to_str().unwrap()])
+        .env_remove("TEXT2CT_MODEL")
+        .env("TEXT2CT_CACHE", d.join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("phantom-default") && err.contains("not patients"), "{err}");
+    let cache = std::fs::read_dir(d.join("cache/models")).unwrap().next().unwrap().unwrap().path();
+    assert!(cache.join("model.json").is_file() && cache.join("unet.safetensors").is_file());
+    let (v, _) = text2ct_io::nifti_io::read_nifti(&out.join("prompt_seed3.nii.gz"), &text2ct_io::Limits::default()).unwrap();
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cache.join("model.json")).unwrap()).unwrap();
+    let size: Vec<usize> = serde_json::from_value(card["output"]["size"].clone()).unwrap();
+    assert_eq!(v.dims().to_vec(), size);
+    let sp: Vec<f64> = serde_json::from_value(card["output"]["spacing"].clone()).unwrap();
+    for (a, b) in v.spacing().iter().zip(&sp) {
+        assert!((a - b).abs() < 1e-6, "{:?} vs {sp:?}", v.spacing());
+    }
+    assert!(v.data().iter().all(|h| (-1000.0..=1000.0).contains(h)));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -2,6 +2,7 @@
 //! per-volume seeds, and the files written for every generated volume.
 
 pub mod card;
+pub mod default_model;
 pub mod error;
 pub mod output;
 pub mod pipeline;

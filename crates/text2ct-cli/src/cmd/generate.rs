@@ -13,8 +13,9 @@ use crate::util::parse_size;
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
-    /// Model folder with a model.json card (default: $TEXT2CT_MODEL). For Text2CT's released
-    /// weights, put the three files in a folder and run `text2ct model init-release DIR`.
+    /// Model folder with a model.json card (default: $TEXT2CT_MODEL, else the embedded phantom
+    /// model `phantom-default`). For Text2CT's released weights, put the three files in a folder
+    /// and run `text2ct model init-release DIR`.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// One report to generate from, e.g. "Findings: … Impression: …".
@@ -77,10 +78,15 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let model = match a.model.clone().or_else(|| std::env::var_os("TEXT2CT_MODEL").map(PathBuf::from)) {
         Some(m) => m,
-        None => bail!(
-            "no model given: pass --model DIR (or set TEXT2CT_MODEL). For Text2CT's released weights put the three \
-             .pt files in a folder and run `text2ct model init-release DIR`."
-        ),
+        None => {
+            let dir = text2ct_generate::default_model::materialize()?;
+            eprintln!(
+                "no --model: using the embedded default `{}` (small models trained on procedural phantoms, not \
+                 patients; see models/phantom-default/README.md)",
+                text2ct_generate::default_model::NAME
+            );
+            dir
+        }
     };
     if a.count == 0 {
         bail!("--count must be at least 1");

@@ -121,7 +121,6 @@ fn generate_bad_input() {
     let m = model();
     let ms = m.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["generate", "--prompt", "x"], "--model"),
         (&["generate", "--model", "/nonexistent", "--prompt", "x"], "model.json"),
         (&["generate", "--model", ms], "--prompt"),
         (&["generate", "--model", ms, "--prompt", "   "], "empty"),

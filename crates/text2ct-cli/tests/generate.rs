@@ -156,7 +156,8 @@ fn generate_uses_the_embedded_default_model() {
     assert!(err.contains("phantom-default") && err.contains("not patients"), "{err}");
     let cache = std::fs::read_dir(d.join("cache/models")).unwrap().next().unwrap().unwrap().path();
     assert!(cache.join("model.json").is_file() && cache.join("unet.safetensors").is_file());
-    let (v, _) = text2ct_io::nifti_io::read_nifti(&out.join("prompt_seed3.nii.gz"), &text2ct_io::Limits::default()).unwrap();
+    let (v, _) =
+        text2ct_io::nifti_io::read_nifti(&out.join("prompt_seed3.nii.gz"), &text2ct_io::Limits::default()).unwrap();
     let card: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cache.join("model.json")).unwrap()).unwrap();
     let size: Vec<usize> = serde_json::from_value(card["output"]["size"].clone()).unwrap();

@@ -347,7 +347,7 @@ mod tests {
         };
         let base: Vec<f32> = (0..len).map(|i| i as f32 + ((i * 7919) % 13) as f32).collect();
         let mk = |s: &Vec<f32>, k: f32| -> (Vec<f32>, Vec<f32>) {
-            let noise: Vec<f32> = (0..len).map(|i| (((i as f32 + k) * 12.9898).sin() * 5.0)).collect();
+            let noise: Vec<f32> = (0..len).map(|i| ((i as f32 + k) * 12.9898).sin() * 5.0).collect();
             let w: Vec<f32> = base.iter().zip(s).zip(&noise).map(|((x, d), n)| x + 0.7 * d + n).collect();
             (w, base.clone())
         };

@@ -1283,7 +1283,7 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
         return Ok(summary);
     }
     let md = out.join("model");
-    export_model(cfg, &cache, &key_map, &unet, scale_factor, &log, &md)?;
+    export_model(cfg, &cache, &key_map, &unet, scale_factor, context_norm, &log, &md)?;
     summary.model_dir = Some(md.clone());
     write_json(&md.join("metrics.json"), &summary)?;
     progress(ProgressEvent::Message(format!("model folder: {}", md.display())));
@@ -1306,12 +1306,14 @@ fn card_err(e: text2ct_generate::GenerateError) -> TrainError {
 }
 
 /// Write the model folder `dir` (see the module docs).
+#[allow(clippy::too_many_arguments)]
 fn export_model(
     cfg: &LdmTrainConfig,
     cache: &LatentCache,
     key_map: &UnetKeyMap,
     unet: &Unet,
     scale_factor: f64,
+    context_norm: Option<text2ct_generate::card::ContextNorm>,
     log: &MetricsLog,
     dir: &Path,
 ) -> Result<()> {
@@ -1415,7 +1417,7 @@ fn export_model(
         conditioning: ConditioningRef {
             spacing_input: cfg.model.include_spacing_input.then(|| sp.map(|m| (m * 100.0) as f32)),
             class_label: cfg.model.num_class_embeds.map(|_| 1),
-            context_norm: if cfg.text_encoder.standardize { Some(context_stats(cache)?) } else { None },
+            context_norm,
         },
         decode: DecodeRef { window: e.decode_window, overlap: 0.25 },
     };

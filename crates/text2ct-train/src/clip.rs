@@ -46,9 +46,13 @@ use text2ct_models::ctvit::pool_tokens;
 use text2ct_models::{clip_loss, Clip3d, Clip3dConfig, ClipTextEncoder, StateDict};
 use text2ct_text::ClipTokenizer;
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::caption::label_caption;
 use crate::checkpoint::{self, TrainState};
 use crate::config::{bad, toml_from_file, toml_from_str, toml_to_string, RunConfig, ScheduleKind};
-use crate::data::{Loader, LoaderOptions, VolumeSet};
+use crate::data::{step_seed, Loader, LoaderOptions, VolumeSet};
 use crate::error::{Result, TrainError};
 use crate::metrics::moving_average;
 use crate::params;
@@ -125,6 +129,12 @@ pub struct ClipDataConfig {
     /// Use at most this many training volumes. Default: all.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Probability that a pair's report is replaced, for that step, by a short caption written
+    /// from its 18 labels ([`crate::caption::label_caption`]; CXR-CLIP's label-to-prompt
+    /// augmentation). Default 0 (reports only, as the reference trains). Seeded by
+    /// `(run.seed, step, micro-batch)`, so a resumed run draws the same captions.
+    #[serde(default)]
+    pub label_caption_prob: f64,
 }
 
 /// `[optim]`: AdamW. Defaults are the paper's (lr 5e-5, weight decay 1e-4, eps 1e-8).
@@ -252,6 +262,9 @@ impl ClipTrainConfig {
         }
         if d.limit == Some(0) {
             return bad("data.limit must be >= 1");
+        }
+        if !(0.0..=1.0).contains(&d.label_caption_prob) {
+            return bad(format!("data.label_caption_prob must be in [0, 1]; got {}", d.label_caption_prob));
         }
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
@@ -614,6 +627,17 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 }
 
 /// In-batch top-1 accuracy (both directions averaged) of normalised embeddings.
+/// Cut a batch of padded token rows after the last row's first EOS. Exact: the text encoder is
+/// causal and pools at the first EOS, so nothing after it reaches the embedding; attention then
+/// costs what the longest text in the batch needs, not `max_position_embeddings`.
+pub fn trim_after_eos(mut ids: Vec<Vec<u32>>) -> Vec<Vec<u32>> {
+    let keep = text2ct_models::clip_text::eos_positions(&ids).into_iter().max().map_or(0, |p| p + 1);
+    for r in &mut ids {
+        r.truncate(keep.max(1));
+    }
+    ids
+}
+
 fn batch_accuracy(img: &[Vec<f32>], txt: &[Vec<f32>]) -> f64 {
     let b = img.len();
     if b == 0 {
@@ -663,12 +687,15 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     }
     let tok = ClipTokenizer::default_embedded().map_err(|e| TrainError::Train(format!("tokenizer: {e}")))?;
     let mut tokens: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut labels: HashMap<String, Vec<u8>> = HashMap::new();
     let mut truncated = 0usize;
     for it in &train_set.items {
         let (ids, cut) = tok.encode_padded(&it.entry.report, text_len);
         truncated += cut as usize;
         tokens.insert(it.entry.id.clone(), ids);
+        labels.insert(it.entry.id.clone(), it.entry.labels.clone());
     }
+    let caption_prob = cfg.data.label_caption_prob;
 
     let dev = Device::flex().autodiff();
     let mut model = canonical(Clip3d::new(&cfg.model, seed, &dev)?)?;
@@ -766,10 +793,22 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
         let lr = sched.step();
         let mut acc = GradientsAccumulator::new();
         let (mut loss_sum, mut acc_sum) = (0.0f64, 0.0f64);
-        for _ in 0..accum {
+        for micro in 0..accum {
             let batch = loader.next_batch()?;
             let x = Tensor::<5>::from_data(TensorData::new(batch.data, batch.dims), &dev);
-            let ids: Vec<Vec<u32>> = batch.ids.iter().map(|id| tokens[id].clone()).collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(step_seed(seed, 20 + micro as u64, step as u64));
+            let ids: Vec<Vec<u32>> = batch
+                .ids
+                .iter()
+                .map(|id| {
+                    if caption_prob > 0.0 && rng.random_bool(caption_prob) {
+                        tok.encode_padded(&label_caption(&labels[id], &mut rng), text_len).0
+                    } else {
+                        tokens[id].clone()
+                    }
+                })
+                .collect();
+            let ids = trim_after_eos(ids);
             model.text.check_ids(&ids)?;
             let txt = model.encode_text(ClipTextEncoder::ids_tensor(&ids, &dev));
             let (img, flat, codes) = encode_volume_train_codes(&model, x)?;
@@ -881,5 +920,36 @@ mod tests {
     fn accuracy_of_identity() {
         let e = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
         assert_eq!(batch_accuracy(&e, &e), 1.0);
+    }
+
+    #[test]
+    fn trimming_after_eos_leaves_text_embeddings_unchanged() {
+        let cfg = text2ct_models::ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 32,
+            max_position_embeddings: 64,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            projection_dim: 8,
+        };
+        let dev = Device::flex();
+        let enc = ClipTextEncoder::new(&cfg, 3, &dev).unwrap();
+        let tok = ClipTokenizer::default_embedded().unwrap();
+        let texts = ["No pleural effusion.", "Cardiomegaly. Right pleural effusion with a maximal thickness of 30 mm."];
+        let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode_padded(t, 64).0).collect();
+        let trimmed = trim_after_eos(ids.clone());
+        assert!(trimmed[0].len() < 64 && trimmed.iter().all(|r| r.len() == trimmed[0].len()));
+        let longest = ids[1].iter().position(|&t| t == text2ct_text::EOS_ID).unwrap() + 1;
+        assert_eq!(trimmed[0].len(), longest, "cut right after the longest text's EOS");
+        let full = rows(enc.encode(ClipTextEncoder::ids_tensor(&ids, &dev))).unwrap();
+        let cut = rows(enc.encode(ClipTextEncoder::ids_tensor(&trimmed, &dev))).unwrap();
+        for (a, b) in full.iter().zip(&cut) {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            }
+        }
     }
 }

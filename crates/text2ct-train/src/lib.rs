@@ -27,6 +27,7 @@
 //! their own bars.
 
 pub mod augment;
+pub mod caption;
 pub mod checkpoint;
 pub mod classifier;
 pub mod clip;

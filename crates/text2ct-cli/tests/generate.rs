@@ -76,6 +76,24 @@ fn generate_from_reports_with_shards_and_resume() {
         "5",
     ]);
     assert!(ok && stdout.contains("generated 0 volume(s), 3 already present"), "{stdout}");
+    // Options are checked before finished volumes are skipped: a bad sampler fails even when
+    // there is nothing left to generate.
+    let (ok, _, err) = run(&[
+        "generate",
+        "--model",
+        ms,
+        "--reports",
+        csv.to_str().unwrap(),
+        "--out",
+        os,
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "--sampler",
+        "euler",
+    ]);
+    assert!(!ok && err.contains("euler"), "{err}");
     // The same seed gives the same volume.
     let a = std::fs::read(out.join("valid_2_a_1_seed6.nii.gz")).unwrap();
     let (ok, _, err) = run(&[

@@ -43,6 +43,37 @@ pub struct SampleOptions {
     pub decode_window: Option<[usize; 3]>,
 }
 
+impl SampleOptions {
+    /// The samplers [`Pipeline::sample`] knows.
+    pub const SAMPLERS: [&'static str; 3] = ["rflow", "ddpm", "ddim"];
+
+    /// Check what does not depend on the model: a known sampler, at least one step, a finite
+    /// guidance scale, a positive decode window. Front ends call it before doing any work.
+    pub fn validate(&self) -> Result<()> {
+        if !Self::SAMPLERS.contains(&self.sampler.as_str()) {
+            return Err(GenerateError::Invalid(format!("sampler {:?} is not rflow, ddpm or ddim", self.sampler)));
+        }
+        if self.steps == 0 {
+            return Err(GenerateError::Invalid("the number of sampling steps must be at least 1".into()));
+        }
+        if !self.guidance.is_finite() {
+            return Err(GenerateError::Invalid(format!("the guidance scale {} is not finite", self.guidance)));
+        }
+        if self.decode_window.is_some_and(|w| w.contains(&0)) {
+            return Err(GenerateError::Invalid("the decode window must be positive on every axis".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One generated volume before it is written: the volume, whether the prompt was truncated, and
+/// how long each stage took.
+pub struct Generated {
+    pub volume: Volume,
+    pub prompt_truncated: bool,
+    pub timings: Timings,
+}
+
 /// A loaded model.
 pub struct Pipeline {
     pub dir: PathBuf,
@@ -324,19 +355,21 @@ impl Pipeline {
         Ok(vol)
     }
 
-    /// Generate one job into `out`, writing NIfTI, PNG and sidecar. `noise` overrides the seeded
-    /// noise (shape [1, C, X/4, Y/4, Z/4]).
-    pub fn run_job(
+    /// Text → volume, nothing written: encode the prompt, draw the seeded noise (or take `noise`,
+    /// shape `[1, C, X/4, Y/4, Z/4]`), sample, decode. What `run_job`, the guidance sweep and the
+    /// prompt-effects check share.
+    pub fn generate_volume(
         &self,
-        job: &Job,
-        opts: &SampleOptions,
-        out: &Path,
+        prompt: &str,
+        seed: u64,
         noise: Option<Tensor<5>>,
+        opts: &SampleOptions,
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Sidecar> {
+    ) -> Result<Generated> {
+        opts.validate()?;
         let latent = self.check_size(opts.size)?;
         let t0 = Instant::now();
-        let (ctx, truncated) = self.encode_prompt(&job.prompt)?;
+        let (ctx, truncated) = self.encode_prompt(prompt)?;
         let t_text = t0.elapsed().as_secs_f64();
         let x = match noise {
             Some(n) => {
@@ -347,7 +380,7 @@ impl Pipeline {
                 }
                 n
             }
-            None => self.noise(latent, job.seed),
+            None => self.noise(latent, seed),
         };
         let t1 = Instant::now();
         let z = self.sample(x, &ctx, opts, progress)?;
@@ -355,6 +388,25 @@ impl Pipeline {
         let t2 = Instant::now();
         let vol = self.decode_with_window(z, opts.size, opts.decode_window)?;
         let t_decode = t2.elapsed().as_secs_f64();
+        Ok(Generated {
+            volume: vol,
+            prompt_truncated: truncated,
+            timings: Timings { text: t_text, sampling: t_sample, decoding: t_decode, writing: 0.0 },
+        })
+    }
+
+    /// Generate one job into `out`, writing NIfTI, PNG and sidecar. `noise` overrides the seeded
+    /// noise (shape [1, C, X/4, Y/4, Z/4]).
+    pub fn run_job(
+        &self,
+        job: &Job,
+        opts: &SampleOptions,
+        out: &Path,
+        noise: Option<Tensor<5>>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Sidecar> {
+        let g = self.generate_volume(&job.prompt, job.seed, noise, opts, progress)?;
+        let (vol, truncated) = (g.volume, g.prompt_truncated);
         let mut sc = Sidecar {
             id: job.id.clone(),
             prompt: job.prompt.clone(),
@@ -372,7 +424,7 @@ impl Pipeline {
             spacing: vol.spacing(),
             orientation: vol.orientation(),
             files: vec![],
-            timings_s: Timings { text: t_text, sampling: t_sample, decoding: t_decode, writing: 0.0 },
+            timings_s: g.timings,
             text2ct_version: env!("CARGO_PKG_VERSION").into(),
             note: format!("scale factor from {}; trained on: {}", self.scale_factor_source, self.card.trained_on),
         };

@@ -35,11 +35,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use text2ct_data::labels::NUM_LABELS;
 use text2ct_models::clip3d::LOGIT_SCALE_MAX;
 use text2ct_models::clip_text::l2_normalize;
 use text2ct_models::ctvit::pool_tokens;
@@ -78,7 +80,25 @@ pub struct ClipTrainConfig {
     pub schedule: ClipScheduleConfig,
     #[serde(default)]
     pub codebook: CodebookConfig,
+    #[serde(default)]
+    pub loss: ClipLossConfig,
     pub run: RunConfig,
+}
+
+/// `[loss]`: what is minimised besides the symmetric InfoNCE.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipLossConfig {
+    /// Weight of an auxiliary multi-label loss (a text2ct option, not in the reference): one
+    /// linear head `projection_dim -> 18`, *shared* by both towers, reads the L2-normalised volume
+    /// and text embeddings and is trained with binary cross-entropy against the pair's 18 labels;
+    /// `loss = InfoNCE + label_weight * (BCE(head(v), y) + BCE(head(t), y)) / 2`. Sharing the head
+    /// makes both towers encode each finding along the same direction, which gives a small model
+    /// trained from scratch a signal to break the initial symmetry (docs/evaluation/clip.md). The
+    /// head lives in the checkpoints (`label_head.safetensors`) for resuming and is not part of
+    /// the exported CLIP (its keys stay Text2CT's). Default 0 (off; pure InfoNCE as released).
+    #[serde(default)]
+    pub label_weight: f64,
 }
 
 /// `[codebook]`: how CT-ViT's vector-quantisation codebook (a buffer, not a parameter) is trained.
@@ -263,6 +283,9 @@ impl ClipTrainConfig {
         if d.limit == Some(0) {
             return bad("data.limit must be >= 1");
         }
+        if !(self.loss.label_weight.is_finite() && self.loss.label_weight >= 0.0) {
+            return bad(format!("loss.label_weight must be finite and >= 0; got {}", self.loss.label_weight));
+        }
         if !(0.0..=1.0).contains(&d.label_caption_prob) {
             return bad(format!("data.label_caption_prob must be in [0, 1]; got {}", d.label_caption_prob));
         }
@@ -319,6 +342,9 @@ pub struct ClipStepRecord {
     /// In-batch top-1 accuracy (mean of volume→report and report→volume), over micro-batches.
     pub batch_acc: f64,
     pub step_s: f64,
+    /// The auxiliary label BCE (mean of both towers) when `loss.label_weight > 0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_loss: Option<f64>,
 }
 
 fn write_records(path: &Path, recs: &[ClipStepRecord]) -> Result<()> {
@@ -358,10 +384,43 @@ pub fn clip_loss_curve(recs: &[ClipStepRecord], batch: usize) -> LinePlot {
     let first = recs.first().map_or(0.0, |r| r.step as f64);
     let last = recs.last().map_or(1.0, |r| r.step as f64);
     let chance = (batch as f64).ln();
-    LinePlot::new("3D CLIP training", "optimizer step", "value (moving average)")
+    let plot = LinePlot::new("3D CLIP training", "optimizer step", "value (moving average)")
         .with_series("symmetric InfoNCE", moving_average(&pts, window))
         .with_series(&format!("chance loss ln {batch}"), vec![(first, chance), (last, chance)])
-        .with_series("in-batch top-1 accuracy", moving_average(&acc, window))
+        .with_series("in-batch top-1 accuracy", moving_average(&acc, window));
+    let aux: Vec<(f64, f64)> = recs.iter().filter_map(|r| r.label_loss.map(|l| (r.step as f64, l))).collect();
+    if aux.is_empty() {
+        plot
+    } else {
+        plot.with_series("auxiliary label BCE", moving_average(&aux, window))
+    }
+}
+
+/// The shared label head of `[loss] label_weight`: `Linear(projection_dim -> 18)`, weights
+/// uniform in ±1/sqrt(projection_dim) from `seed`, bias 0, parameter ids from 1 << 40 (disjoint
+/// from the CLIP's).
+pub fn new_label_head(projection_dim: usize, seed: u64, dev: &Device) -> Result<Linear> {
+    let head = LinearConfig::new(projection_dim, NUM_LABELS).init(dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(step_seed(seed, 30, 0));
+    let bound = 1.0 / (projection_dim as f32).sqrt();
+    let vals = params::export(&head)?
+        .into_iter()
+        .map(|(shape, v)| {
+            let data = if shape.len() == 2 {
+                v.iter().map(|_| rng.random_range(-bound..bound)).collect()
+            } else {
+                vec![0.0; v.len()]
+            };
+            (shape, data)
+        })
+        .collect();
+    Ok(params::assign_ids(params::import(head, vals)?, 1 << 40))
+}
+
+/// Mean binary cross-entropy of `logits` `[B, 18]` against 0/1 `targets`.
+fn label_bce(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
+    let ones = targets.ones_like();
+    crate::classifier::weighted_bce(logits, targets, ones)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -696,10 +755,13 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
         labels.insert(it.entry.id.clone(), it.entry.labels.clone());
     }
     let caption_prob = cfg.data.label_caption_prob;
+    let label_weight = cfg.loss.label_weight;
 
     let dev = Device::flex().autodiff();
     let mut model = canonical(Clip3d::new(&cfg.model, seed, &dev)?)?;
     let mut optim = adamw(&cfg.optim);
+    let mut head = if label_weight > 0.0 { Some(new_label_head(cfg.model.projection_dim, seed, &dev)?) } else { None };
+    let mut head_optim = adamw(&cfg.optim);
     let warmup = cfg.warmup_steps();
     let mut sched = Schedule::new(cfg.schedule.kind, cfg.optim.lr, total, 1.0, warmup, cfg.schedule.min_lr)?;
     let mut step = 0usize;
@@ -733,6 +795,17 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
         model = canonical(Clip3d::load(&cfg.model, &dir.join("clip.safetensors"), &dev)?)?;
         let p = dir.join("optim.bpk");
         optim = optim.load(&p).map_err(|e| TrainError::ckpt(&p, format!("{e:?}")))?;
+        if let Some(h) = head.take() {
+            // A checkpoint written without the head (label_weight was 0) starts a fresh one.
+            let hp = dir.join("label_head.safetensors");
+            head = Some(if hp.is_file() {
+                let op = dir.join("label_head_optim.bpk");
+                head_optim = head_optim.load(&op).map_err(|e| TrainError::ckpt(&op, format!("{e:?}")))?;
+                params::assign_ids(params::load_safetensors(h, &hp)?, 1 << 40)
+            } else {
+                h
+            });
+        }
         loader.set_state(st.loader);
         sched.step = *st.schedulers.get("clip").unwrap_or(&st.step);
         step = st.step;
@@ -756,6 +829,7 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
 
     let save = |step: usize,
                 model: &Clip3d,
+                head: Option<(&Linear, &ModuleOptimizer)>,
                 optim: &ModuleOptimizer,
                 sched: &Schedule,
                 loader: &Loader,
@@ -770,6 +844,11 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
             text2ct_io::error::atomic_write_bytes(&dir.join("clip_config.json"), cfg.model.to_json().as_bytes())?;
             let p = dir.join("optim.bpk");
             optim.save(&p).map_err(|e| TrainError::ckpt(&p, format!("{e:?}")))?;
+            if let Some((h, ho)) = head {
+                params::save_safetensors(h, &dir.join("label_head.safetensors"))?;
+                let p = dir.join("label_head_optim.bpk");
+                ho.save(&p).map_err(|e| TrainError::ckpt(&p, format!("{e:?}")))?;
+            }
             let toml = cfg.to_toml_string()?;
             std::fs::write(dir.join("config.toml"), toml).map_err(|e| TrainError::io(dir.join("config.toml"), e))?;
             write_records(&dir.join("metrics.jsonl"), records)
@@ -792,7 +871,8 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
         let epoch = loader.state().epoch;
         let lr = sched.step();
         let mut acc = GradientsAccumulator::new();
-        let (mut loss_sum, mut acc_sum) = (0.0f64, 0.0f64);
+        let mut head_acc = GradientsAccumulator::new();
+        let (mut loss_sum, mut acc_sum, mut label_sum) = (0.0f64, 0.0f64, 0.0f64);
         for micro in 0..accum {
             let batch = loader.next_batch()?;
             let x = Tensor::<5>::from_data(TensorData::new(batch.data, batch.dims), &dev);
@@ -818,16 +898,34 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
                 }
             }
             acc_sum += batch_accuracy(&rows(img.clone().detach())?, &rows(txt.clone().detach())?);
-            let loss = clip_loss(img, txt, model.logit_scale.val());
+            let mut loss = clip_loss(img.clone(), txt.clone(), model.logit_scale.val());
             let lv = loss.clone().into_scalar::<f32>() as f64;
             if !lv.is_finite() {
                 return Err(TrainError::Train(format!("non-finite loss {lv} at step {step}")));
             }
             loss_sum += lv;
-            let grads = loss.div_scalar(accum as f64).backward();
-            acc.accumulate(&model, GradientsParams::from_grads(grads, &model));
+            if let Some(h) = &head {
+                let b = batch.ids.len();
+                let y: Vec<f32> = batch
+                    .ids
+                    .iter()
+                    .flat_map(|id| (0..NUM_LABELS).map(|k| f32::from(labels[id].get(k).copied().unwrap_or(0) != 0)))
+                    .collect();
+                let y = Tensor::<2>::from_data(TensorData::new(y, [b, NUM_LABELS]), &dev);
+                let aux = (label_bce(h.forward(img), y.clone()) + label_bce(h.forward(txt), y)).mul_scalar(0.5);
+                label_sum += aux.clone().into_scalar::<f32>() as f64;
+                loss = loss + aux.mul_scalar(label_weight);
+            }
+            let mut grads = loss.div_scalar(accum as f64).backward();
+            acc.accumulate(&model, GradientsParams::from_module(&mut grads, &model));
+            if let Some(h) = &head {
+                head_acc.accumulate(h, GradientsParams::from_module(&mut grads, h));
+            }
         }
         model = clamp_logit_scale(optim.step(lr, model, acc.grads()));
+        if let Some(h) = head.take() {
+            head = Some(head_optim.step(lr, h, head_acc.grads()));
+        }
         step += 1;
         let rec = ClipStepRecord {
             step,
@@ -837,6 +935,7 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
             logit_scale: model.logit_scale.val().into_scalar::<f32>() as f64,
             batch_acc: acc_sum / accum as f64,
             step_s: t0.elapsed().as_secs_f64(),
+            label_loss: head.as_ref().map(|_| label_sum / accum as f64),
         };
         append_record(&metrics_path, &rec)?;
         records.push(rec.clone());
@@ -845,7 +944,16 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
         progress(ProgressEvent::Step { step, total_steps: total, epoch, lr, losses, steps_per_s: sps });
         if cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0 && step < total {
             let elapsed = prior_elapsed + session_start.elapsed().as_secs_f64();
-            let p = save(step, &model, &optim, &sched, &loader, &records, elapsed)?;
+            let p = save(
+                step,
+                &model,
+                head.as_ref().map(|h| (h, &head_optim)),
+                &optim,
+                &sched,
+                &loader,
+                &records,
+                elapsed,
+            )?;
             progress(ProgressEvent::Checkpoint { step, path: p.clone() });
             last_ckpt = Some(p);
             clip_loss_curve(&records, bsz).save_png(&out.join("loss_curve.png"))?;
@@ -854,7 +962,8 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     let session_wall = session_start.elapsed().as_secs_f64();
     let elapsed = prior_elapsed + session_wall;
     if step > start_step || last_ckpt.is_none() {
-        let p = save(step, &model, &optim, &sched, &loader, &records, elapsed)?;
+        let p =
+            save(step, &model, head.as_ref().map(|h| (h, &head_optim)), &optim, &sched, &loader, &records, elapsed)?;
         progress(ProgressEvent::Checkpoint { step, path: p.clone() });
         last_ckpt = Some(p);
     }

@@ -82,10 +82,7 @@ pub fn prompt_pairs(f: &FindingDef, seed: u64, pairs: usize) -> Result<Vec<(Stri
 }
 
 fn generate(p: &Pipeline, prompt: &str, seed: u64, opts: &SampleOptions) -> Result<Volume> {
-    let latent = p.check_size(opts.size)?;
-    let (ctx, _) = p.encode_prompt(prompt)?;
-    let z = p.sample(p.noise(latent, seed), &ctx, opts, &mut |_, _| {})?;
-    Ok(p.decode_with_window(z, opts.size, opts.decode_window)?)
+    Ok(p.generate_volume(prompt, seed, None, opts, &mut |_, _| {})?.volume)
 }
 
 pub fn run(a: PromptEffectsArgs) -> Result<()> {

@@ -130,9 +130,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(w) = &a.decode_window {
         opts.decode_window = Some(parse_size(w)?);
     }
-    if opts.steps == 0 {
-        bail!("--steps must be at least 1");
-    }
+    opts.validate()?;
     let latent = p.check_size(opts.size)?;
     let noise = match &a.noise {
         Some(path) => {

@@ -613,6 +613,17 @@ struct CacheInfo {
     /// The WordPiece tokenizer file's size (minilm; absent for clip3d, as in caches made before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tokenizer_bytes: Option<u64>,
+    /// SHA-256 of the VAE and text-encoder weights: two encoders of one architecture have files of
+    /// the same size, so the sizes alone cannot tell a retrained text encoder from the old one.
+    /// Caches made before these fields existed do not match and are rebuilt.
+    #[serde(default)]
+    vae_weights_sha256: Option<String>,
+    #[serde(default)]
+    text_weights_sha256: Option<String>,
+}
+
+fn weights_sha256(path: &Path) -> Result<String> {
+    text2ct_eval::fid::sha256_file(path).map_err(|e| TrainError::Data(format!("hashing {}: {e}", path.display())))
 }
 
 /// The cached latents and text embeddings of a manifest.
@@ -732,6 +743,8 @@ pub fn build_cache(cfg: &LdmTrainConfig, progress: Progress) -> Result<LatentCac
         max_length,
         seed: cfg.run.seed,
         tokenizer_bytes: cfg.text_encoder.tokenizer.as_deref().map(file_len).transpose()?,
+        vae_weights_sha256: Some(weights_sha256(&cfg.vae.weights)?),
+        text_weights_sha256: Some(weights_sha256(&cfg.text_encoder.weights)?),
     };
     let info_path = dir.join("cache.json");
     if info_path.is_file() {

@@ -428,3 +428,30 @@ fn minilm_text_encoder_trains_and_the_export_generates() {
     let e = train_ldm_with(&bad, &LdmTrainOptions::default(), &mut q).unwrap_err().to_string();
     assert!(e.contains("minilm"), "{e}");
 }
+
+/// The cache is keyed by the weights' content: a retrained text encoder of the same architecture
+/// (a file of the same size) is refused instead of silently reusing the old embeddings.
+#[test]
+fn cache_refuses_a_different_text_encoder_of_the_same_size() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let cfg = config(d, "r", 1, "", "rflow", 1e-3, 2);
+    let mut q = quiet();
+    text2ct_train::ldm::build_cache(&cfg, &mut q).unwrap();
+    // Same cache, same weights: reused.
+    text2ct_train::ldm::build_cache(&cfg, &mut q).unwrap();
+    let before = std::fs::metadata(d.join("text.safetensors")).unwrap().len();
+    let tc = ClipTextConfig::from_json_file(&d.join("text_config.json")).unwrap();
+    ClipTextEncoder::new(&tc, 99, &Device::flex())
+        .unwrap()
+        .to_state_dict()
+        .unwrap()
+        .write_safetensors(&d.join("text.safetensors"), None)
+        .unwrap();
+    assert_eq!(std::fs::metadata(d.join("text.safetensors")).unwrap().len(), before);
+    match text2ct_train::ldm::build_cache(&cfg, &mut q) {
+        Err(e) => assert!(e.to_string().contains("rebuild the cache"), "{e}"),
+        Ok(_) => panic!("a cache made with other text-encoder weights was reused"),
+    }
+}

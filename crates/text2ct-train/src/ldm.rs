@@ -98,6 +98,23 @@ pub struct LdmTrainConfig {
     pub run: RunConfig,
     #[serde(default)]
     pub export: ExportConfig,
+    /// `[init]`: start from trained U-Net weights (fine-tuning) instead of MONAI's initialisation.
+    #[serde(default)]
+    pub init: Option<InitConfig>,
+}
+
+/// `[init]`: fine-tune a trained U-Net.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    /// U-Net weights with MONAI's keys whose shapes match `[model]`: a model folder's
+    /// `unet.safetensors`, a training checkpoint's, or the release's `unet_rflow_200ep.pt`
+    /// (strict load: a missing, unexpected or mis-shaped key is an error). Its `scale_factor`,
+    /// when the file holds one, is kept: the network learnt on latents scaled by it. Otherwise the
+    /// scale factor is computed from the first batch as for a fresh run. The optimizer starts
+    /// fresh. Typical use: retrain the conditioning after the text encoder changed, or adapt the
+    /// released model to new data.
+    pub unet: PathBuf,
 }
 
 /// A frozen network: its JSON config and weights (`.safetensors` or `.pt`).
@@ -345,6 +362,7 @@ impl LdmTrainConfig {
             ("text_encoder.config", &self.text_encoder.config),
             ("text_encoder.weights", &self.text_encoder.weights),
             ("data.train_manifest", &self.data.train_manifest),
+            ("init.unet", self.init.as_ref().map_or(&self.data.train_manifest, |i| &i.unet)),
         ] {
             if !p.is_file() {
                 return bad(format!("{what} {} does not exist", p.display()));
@@ -1079,6 +1097,18 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
     let mut prior_elapsed = 0.0;
     let mut records = Vec::new();
     let mut scale_factor: Option<f64> = None;
+    if let (Some(init), None) = (&cfg.init, &resumed_from) {
+        let ck = Unet::load_checkpoint(&cfg.model, &init.unet, &dev)?;
+        let mut u = ck.unet;
+        u.net = params::assign_ids(u.net, 0);
+        unet = u;
+        scale_factor = ck.scale_factor.map(f64::from);
+        progress(ProgressEvent::Message(format!(
+            "initialised from {} (scale factor {})",
+            init.unet.display(),
+            scale_factor.map_or("from the data".to_string(), |s| format!("{s:.6}, kept"))
+        )));
+    }
 
     if let Some(dir) = &resumed_from {
         let st = checkpoint::read_state(dir)?;

@@ -455,3 +455,44 @@ fn cache_refuses_a_different_text_encoder_of_the_same_size() {
         Ok(_) => panic!("a cache made with other text-encoder weights was reused"),
     }
 }
+
+/// `[init] unet`: a run starts from the given weights and keeps their scale factor; with a
+/// vanishing learning rate the export equals the initial weights. A file for another `[model]`
+/// is refused by the strict load.
+#[test]
+fn init_starts_from_given_weights_and_keeps_their_scale_factor() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let mut q = quiet();
+    train_ldm_with(&config(d, "a", 3, "", "rflow", 1e-3, 4), &LdmTrainOptions::default(), &mut q).unwrap();
+    let init = d.join("a/model/unet.safetensors");
+    // Another data set ordering (batch 2) would give another first-batch scale factor.
+    let mut cfg = config(d, "b", 1, "", "rflow", 1e-12, 2);
+    cfg.init = Some(text2ct_train::ldm::InitConfig { unet: init.clone() });
+    train_ldm_with(&cfg, &LdmTrainOptions::default(), &mut q).unwrap();
+    let (sa, sb) = (unet_tensors(&d.join("a/model")), unet_tensors(&d.join("b/model")));
+    assert_eq!(sa.tensors.len(), sb.tensors.len());
+    let mut diff = 0f32;
+    for (k, ta) in &sa.tensors {
+        let tb = &sb.tensors[k];
+        assert_eq!(ta.shape, tb.shape, "{k}");
+        for (x, y) in ta.data.iter().zip(&tb.data) {
+            diff = diff.max((x - y).abs());
+        }
+    }
+    assert!(diff < 1e-6, "fine-tuning with lr 1e-12 moved the weights by {diff}");
+    // A fresh run (no init) with lr 1e-12 is far from them.
+    train_ldm_with(&config(d, "c", 1, "", "rflow", 1e-12, 2), &LdmTrainOptions::default(), &mut q).unwrap();
+    let sc = unet_tensors(&d.join("c/model"));
+    let far =
+        sa.tensors.iter().any(|(k, ta)| ta.data.iter().zip(&sc.tensors[k].data).any(|(x, y)| (x - y).abs() > 1e-3));
+    assert!(far, "an uninitialised run should not reproduce the trained weights");
+    // Bad init files.
+    let mut bad = config(d, "e", 1, "", "rflow", 1e-3, 2);
+    bad.init = Some(text2ct_train::ldm::InitConfig { unet: d.join("missing.safetensors") });
+    assert!(bad.validate().is_err());
+    bad.init = Some(text2ct_train::ldm::InitConfig { unet: d.join("vae.safetensors") });
+    let e = train_ldm_with(&bad, &LdmTrainOptions::default(), &mut q).unwrap_err().to_string();
+    assert!(e.contains("no tensor named"), "{e}");
+}

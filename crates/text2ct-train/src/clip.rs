@@ -91,7 +91,8 @@ pub struct ClipTrainConfig {
 pub struct ClipLossConfig {
     /// Weight of an auxiliary multi-label loss (a text2ct option, not in the reference): one
     /// linear head `projection_dim -> 18`, *shared* by both towers, reads the L2-normalised volume
-    /// and text embeddings and is trained with binary cross-entropy against the pair's 18 labels;
+    /// and text embeddings (times sqrt(projection_dim); bias initialised to the labels' training
+    /// log-odds) and is trained with binary cross-entropy against the pair's 18 labels;
     /// `loss = InfoNCE + label_weight * (BCE(head(v), y) + BCE(head(t), y)) / 2`. Sharing the head
     /// makes both towers encode each finding along the same direction, which gives a small model
     /// trained from scratch a signal to break the initial symmetry (docs/evaluation/clip.md). The
@@ -397,9 +398,14 @@ pub fn clip_loss_curve(recs: &[ClipStepRecord], batch: usize) -> LinePlot {
 }
 
 /// The shared label head of `[loss] label_weight`: `Linear(projection_dim -> 18)`, weights
-/// uniform in ±1/sqrt(projection_dim) from `seed`, bias 0, parameter ids from 1 << 40 (disjoint
-/// from the CLIP's).
-pub fn new_label_head(projection_dim: usize, seed: u64, dev: &Device) -> Result<Linear> {
+/// uniform in ±1/sqrt(projection_dim) from `seed`, bias = the log-odds of each label's training
+/// prevalence `priors[k]` (clamped to [1e-3, 1 - 1e-3]; so the head starts at the best constant
+/// prediction and the gradient goes into the embeddings, not into learning the priors),
+/// parameter ids from 1 << 40 (disjoint from the CLIP's). Apply it with [`label_logits`].
+pub fn new_label_head(projection_dim: usize, seed: u64, priors: &[f64], dev: &Device) -> Result<Linear> {
+    if priors.len() != NUM_LABELS {
+        return Err(TrainError::Train(format!("{} label priors for {NUM_LABELS} labels", priors.len())));
+    }
     let head = LinearConfig::new(projection_dim, NUM_LABELS).init(dev);
     let mut rng = ChaCha8Rng::seed_from_u64(step_seed(seed, 30, 0));
     let bound = 1.0 / (projection_dim as f32).sqrt();
@@ -409,12 +415,20 @@ pub fn new_label_head(projection_dim: usize, seed: u64, dev: &Device) -> Result<
             let data = if shape.len() == 2 {
                 v.iter().map(|_| rng.random_range(-bound..bound)).collect()
             } else {
-                vec![0.0; v.len()]
+                priors.iter().map(|p| p.clamp(1e-3, 1.0 - 1e-3)).map(|p| (p / (1.0 - p)).ln() as f32).collect()
             };
             (shape, data)
         })
         .collect();
     Ok(params::assign_ids(params::import(head, vals)?, 1 << 40))
+}
+
+/// The head's logits `[B, 18]` for L2-normalised embeddings `[B, P]`: the embeddings are first
+/// scaled by sqrt(P), so their components have unit scale (a unit vector's are ~1/sqrt(P), which
+/// would need weights sqrt(P) times larger, i.e. many more optimizer steps, to give the same logits).
+pub fn label_logits(head: &Linear, emb: Tensor<2>) -> Tensor<2> {
+    let p = emb.dims()[1] as f64;
+    head.forward(emb.mul_scalar(p.sqrt()))
 }
 
 /// Mean binary cross-entropy of `logits` `[B, 18]` against 0/1 `targets`.
@@ -760,7 +774,17 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     let dev = Device::flex().autodiff();
     let mut model = canonical(Clip3d::new(&cfg.model, seed, &dev)?)?;
     let mut optim = adamw(&cfg.optim);
-    let mut head = if label_weight > 0.0 { Some(new_label_head(cfg.model.projection_dim, seed, &dev)?) } else { None };
+    let mut head = if label_weight > 0.0 {
+        let n = train_set.len().max(1) as f64;
+        let priors: Vec<f64> = (0..NUM_LABELS)
+            .map(|k| {
+                train_set.items.iter().filter(|it| it.entry.labels.get(k).is_some_and(|&v| v != 0)).count() as f64 / n
+            })
+            .collect();
+        Some(new_label_head(cfg.model.projection_dim, seed, &priors, &dev)?)
+    } else {
+        None
+    };
     let mut head_optim = adamw(&cfg.optim);
     let warmup = cfg.warmup_steps();
     let mut sched = Schedule::new(cfg.schedule.kind, cfg.optim.lr, total, 1.0, warmup, cfg.schedule.min_lr)?;
@@ -912,7 +936,8 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
                     .flat_map(|id| (0..NUM_LABELS).map(|k| f32::from(labels[id].get(k).copied().unwrap_or(0) != 0)))
                     .collect();
                 let y = Tensor::<2>::from_data(TensorData::new(y, [b, NUM_LABELS]), &dev);
-                let aux = (label_bce(h.forward(img), y.clone()) + label_bce(h.forward(txt), y)).mul_scalar(0.5);
+                let aux =
+                    (label_bce(label_logits(h, img), y.clone()) + label_bce(label_logits(h, txt), y)).mul_scalar(0.5);
                 label_sum += aux.clone().into_scalar::<f32>() as f64;
                 loss = loss + aux.mul_scalar(label_weight);
             }
@@ -1060,5 +1085,23 @@ mod tests {
                 assert!((x - y).abs() < 1e-5, "{x} vs {y}");
             }
         }
+    }
+
+    #[test]
+    fn label_head_starts_at_the_prior_log_odds() {
+        let dev = Device::flex();
+        let mut priors = vec![0.25; NUM_LABELS];
+        priors[0] = 0.0;
+        priors[1] = 0.5;
+        let h = new_label_head(8, 1, &priors, &dev).unwrap();
+        let b = rows(h.bias.as_ref().unwrap().val().unsqueeze_dim(0)).unwrap().remove(0);
+        assert!((b[0] - (1e-3f32 / (1.0 - 1e-3)).ln()).abs() < 1e-4, "{}", b[0]);
+        assert!(b[1].abs() < 1e-6);
+        assert!((b[2] - (1.0f32 / 3.0).ln()).abs() < 1e-5);
+        // A zero embedding gives exactly the prior log-odds.
+        let z = Tensor::<2>::zeros([1, 8], &dev);
+        let l = rows(label_logits(&h, z)).unwrap().remove(0);
+        assert_eq!(l, b);
+        assert!(new_label_head(8, 1, &priors[..3], &dev).is_err());
     }
 }

@@ -21,6 +21,8 @@ pub enum BenchError {
     #[error(transparent)]
     Eval(#[from] text2ct_eval::EvalError),
     #[error(transparent)]
+    Factual(#[from] text2ct_eval::factual::FactualError),
+    #[error(transparent)]
     Io(#[from] text2ct_io::IoError),
 }
 

@@ -6,11 +6,14 @@
 //!   `EVAL.toml` configures, every table in the paper's shape, with provenance.
 //! * [`fidset`]: FIDs of several generated sets against one real set (real features once).
 //! * [`clip`]: the 3D-CLIP protocol end to end (load, embed, score).
+//! * [`augment`]: the augmentation study (Table 6): CT-Net trained on real / synthetic / both,
+//!   tested on real.
 //! * [`plot`]: metric-against-parameter panels as PNG.
 //!
 //! This crate sits above `text2ct-generate`, `text2ct-train` and `text2ct-eval` so that the
 //! metrics crate stays free of generation and training (see ARCHITECTURE.md).
 
+pub mod augment;
 pub mod clip;
 pub mod error;
 pub mod fidset;

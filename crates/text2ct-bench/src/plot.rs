@@ -8,12 +8,20 @@ use text2ct_train::plot::LinePlot;
 
 use crate::error::{BenchError, Result};
 
-/// One panel: a metric against the x parameter.
+/// One panel: one or more metrics (series, each with its legend name) against the x parameter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Panel {
     pub title: String,
     pub y_label: String,
-    pub points: Vec<(f64, f64)>,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+impl Panel {
+    /// A panel of one series, named by its y label.
+    pub fn single(title: impl Into<String>, y_label: impl Into<String>, points: Vec<(f64, f64)>) -> Panel {
+        let y_label = y_label.into();
+        Panel { title: title.into(), series: vec![(y_label.clone(), points)], y_label }
+    }
 }
 
 /// Render the panels side by side (nothing is written when there is no panel).
@@ -23,7 +31,10 @@ pub fn panels_image(panels: &[Panel], x_label: &str) -> Result<Option<RgbImage>>
     }
     let mut imgs = Vec::new();
     for p in panels {
-        let mut lp = LinePlot::new(&p.title, x_label, &p.y_label).with_series(&p.y_label, p.points.clone());
+        let mut lp = LinePlot::new(&p.title, x_label, &p.y_label);
+        for (name, points) in &p.series {
+            lp = lp.with_series(name, points.clone());
+        }
         lp.width = 640;
         lp.height = 440;
         imgs.push(lp.render()?);

@@ -1,6 +1,8 @@
 //! The guidance sweep (the paper's Figure 3): generate the test reports at every guidance scale
 //! w with the same seeds — so the same starting noise, only w changes — and score each set
-//! against the real set (FID 3D and/or 2.5D).
+//! against the real set (FID 3D and/or 2.5D) and, with a CT-Net classifier, against the labels of
+//! the reports (AUC and precision, macro and weighted: `text2ct_eval::factual`'s protocol; each
+//! volume takes the labels of the report its sidecar names).
 //!
 //! Layout of `out/`: `w{w}/` holds the volumes of one scale (`{id}_seed{S}.nii.gz` + PNG + JSON
 //! sidecar, as `text2ct generate` writes them); `sweep.json` (rewritten after every scale, so a
@@ -12,6 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use text2ct_eval::factual::{
+    evaluate, normalize_key, Classifier, ClassifierRef, FactualOptions, LabelTable, LabeledSet, PredictOptions,
+    SetMetrics,
+};
 use text2ct_eval::fid::{BackboneInfo, PlaneFid, SetInfo, VolumeSet};
 use text2ct_generate::output::{self, Sidecar};
 use text2ct_generate::pipeline::Pipeline;
@@ -63,6 +69,38 @@ pub struct SweepConfig {
     pub limit: Option<usize>,
     #[serde(default)]
     pub fid: FidSpec,
+    /// A CT-Net classifier (its folder, the run folder of `text2ct train classifier`, or its
+    /// `ctnet.safetensors`): AUC and precision per w against the reports' labels. In an evaluation
+    /// config it defaults to the `[factual]` section's.
+    #[serde(default)]
+    pub classifier: Option<PathBuf>,
+    /// The reports' labels (CT-RATE labels CSV or prepared manifest, keyed by `VolumeName`).
+    /// Default: the real set's manifest when the real set is a prepared set.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+    /// Decision threshold of precision (default: the classifier's, 0.5).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Pad / crop generated volumes whose shape is not the classifier's training shape.
+    #[serde(default)]
+    pub pad_crop: bool,
+}
+
+/// The reports' labels of a sweep with a classifier: the `labels` given, else the real set's
+/// manifest.
+fn labels_path(cfg: &SweepConfig) -> Result<PathBuf> {
+    if let Some(l) = &cfg.labels {
+        return Ok(l.clone());
+    }
+    let m = if cfg.real.is_dir() { cfg.real.join("manifest.jsonl") } else { cfg.real.clone() };
+    if m.is_file() && m.extension().is_some_and(|e| e == "jsonl") {
+        return Ok(m);
+    }
+    input(format!(
+        "a classifier needs the reports' labels: set labels = \"LABELS.csv or manifest.jsonl\" (the real set {} \
+         is not a prepared set with labels)",
+        cfg.real.display()
+    ))
 }
 
 impl SweepConfig {
@@ -94,7 +132,34 @@ impl SweepConfig {
             return input(format!("reports {}: no such file", self.reports.display()));
         }
         self.fid.validate()?;
-        crate::report::check_set(&self.real, "real set")
+        crate::report::check_set(&self.real, "real set")?;
+        if let Some(c) = &self.classifier {
+            let dir = Classifier::resolve(c)?;
+            Classifier::check(&dir)?;
+            if let Some(t) = self.threshold {
+                if !(0.0..=1.0).contains(&t) {
+                    return input(format!("threshold must be in [0, 1], got {t}"));
+                }
+            }
+            let table = LabelTable::open(&labels_path(self)?)?;
+            let mut jobs = jobs_from_csv(&self.reports, 1, 0, Shard::ALL)?;
+            if let Some(l) = self.limit {
+                jobs.retain(|j| j.row < l);
+            }
+            if let Some(j) = jobs.iter().find(|j| !table.rows.contains_key(&normalize_key(&j.id))) {
+                return input(format!(
+                    "report {:?} (row {} of {}) has no labels in {}; the classifier's precision needs every \
+                     report's labels",
+                    j.id,
+                    j.row + 1,
+                    self.reports.display(),
+                    table.path.display()
+                ));
+            }
+        } else if self.labels.is_some() || self.threshold.is_some() || self.pad_crop {
+            return input("labels, threshold and pad_crop are for the classifier: set classifier too");
+        }
+        Ok(())
     }
 }
 
@@ -116,6 +181,9 @@ pub struct SweepRow {
     pub fid_25d: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub planes: Vec<PlaneFid>,
+    /// CT-Net's AUC and precision on this scale's volumes (with a classifier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factual: Option<SetMetrics>,
     pub seconds_generating: f64,
     pub seconds_scoring: f64,
 }
@@ -137,6 +205,13 @@ pub struct SweepReport {
     pub real: SetInfo,
     pub backbones: Vec<BackboneInfo>,
     pub protocol: serde_json::Value,
+    /// The classifier of the precision / AUC columns, its threshold and the reports' labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
     pub rows: Vec<SweepRow>,
     pub note: String,
 }
@@ -171,16 +246,26 @@ impl SweepReport {
                 short(&b.weights_sha256)
             ));
         }
+        if let Some(c) = &self.classifier {
+            s.push_str(&format!(
+                "- classifier: `{}` (weights SHA-256 `{}`), precision at p >= {}, labels `{}`\n",
+                c.dir,
+                short(&c.weights_sha256),
+                self.threshold.unwrap_or(text2ct_eval::factual::THRESHOLD),
+                self.labels.as_deref().unwrap_or("?")
+            ));
+        }
         s.push('\n');
         s.push_str(&self.table());
         s.push_str(&format!("\n{}\n", self.note));
         s
     }
 
-    /// The table alone (w, FID 3D, FID 2.5D, volumes).
+    /// The table alone (w, FID 3D, FID 2.5D, CT-Net precision and AUC, volumes).
     pub fn table(&self) -> String {
         let has3 = self.rows.iter().any(|r| r.fid_3d.is_some());
         let has2 = self.rows.iter().any(|r| r.fid_25d.is_some());
+        let hasf = self.rows.iter().any(|r| r.factual.is_some());
         let mut s = String::from("| guidance w |");
         let mut sep = String::from("|---|");
         if has3 {
@@ -190,6 +275,10 @@ impl SweepReport {
         if has2 {
             s.push_str(" FID 2.5D (avg) ↓ |");
             sep.push_str("---|");
+        }
+        if hasf {
+            s.push_str(" Precision (macro) ↑ | Precision (weighted) ↑ | AUC (macro) ↑ | AUC (weighted) ↑ |");
+            sep.push_str("---|---|---|---|");
         }
         s.push_str(" volumes |\n");
         sep.push_str("---|\n");
@@ -201,6 +290,17 @@ impl SweepReport {
             }
             if has2 {
                 s.push_str(&format!(" {} |", fmt_opt(r.fid_25d)));
+            }
+            if hasf {
+                let f = r.factual.as_ref();
+                for v in [
+                    f.and_then(|m| m.precision.macro_avg),
+                    f.and_then(|m| m.precision.weighted_avg),
+                    f.and_then(|m| m.auc.macro_avg),
+                    f.and_then(|m| m.auc.weighted_avg),
+                ] {
+                    s.push_str(&format!(" {} |", fmt_opt(v)));
+                }
             }
             s.push_str(&format!(" {} |\n", r.n_volumes));
         }
@@ -216,15 +316,20 @@ impl SweepReport {
         let f3 = pts(&|r| r.fid_3d);
         if !f3.is_empty() {
             let name = self.backbones.iter().find(|b| b.kind == "3d").map_or("3D", |b| b.name.as_str());
-            p.push(Panel { title: format!("FID 3D ({name})"), y_label: "FID 3D".into(), points: f3 });
+            p.push(Panel::single(format!("FID 3D ({name})"), "FID 3D", f3));
         }
         let f2 = pts(&|r| r.fid_25d);
         if !f2.is_empty() {
             let name = self.backbones.iter().find(|b| b.kind == "2d").map_or("2D", |b| b.name.as_str());
+            p.push(Panel::single(format!("FID 2.5D, mean of planes ({name})"), "FID 2.5D", f2));
+        }
+        let pm = pts(&|r| r.factual.as_ref().and_then(|m| m.precision.macro_avg));
+        let pw = pts(&|r| r.factual.as_ref().and_then(|m| m.precision.weighted_avg));
+        if !pm.is_empty() || !pw.is_empty() {
             p.push(Panel {
-                title: format!("FID 2.5D, mean of planes ({name})"),
-                y_label: "FID 2.5D".into(),
-                points: f2,
+                title: "CT-Net precision".into(),
+                y_label: "precision".into(),
+                series: vec![("macro".into(), pm), ("weighted".into(), pw)],
             });
         }
         p
@@ -327,6 +432,29 @@ pub fn run_sweep(
     p.check_size(opts.size)?;
     let mut engine = FidEngine::new(&cfg.fid, &cfg.real, Some(opts.size), dev)?;
     engine.check_dims(opts.size, &format!("the generated volumes will have {:?}", opts.size))?;
+    // The classifier and the reports' labels, checked before anything is generated.
+    let scorer = match &cfg.classifier {
+        Some(c) => {
+            let clf = Classifier::load(&Classifier::resolve(c)?, dev)?;
+            if clf.info.data_size != opts.size && !cfg.pad_crop {
+                return input(format!(
+                    "the classifier {} was trained on {:?} volumes but the sweep generates {:?}; generate at its \
+                     size or set pad_crop = true",
+                    clf.dir.display(),
+                    clf.info.data_size,
+                    opts.size
+                ));
+            }
+            let table = LabelTable::open(&labels_path(cfg)?)?;
+            Some((clf, table))
+        }
+        None => None,
+    };
+    let fopts = FactualOptions {
+        predict: PredictOptions { batch: 4, pad_crop: cfg.pad_crop },
+        threshold: cfg.threshold,
+        keep_predictions: false,
+    };
     std::fs::create_dir_all(out).map_err(|e| text2ct_io::IoError::os(out, e))?;
     let mut report = SweepReport {
         format: SweepReport::FORMAT.into(),
@@ -343,6 +471,9 @@ pub fn run_sweep(
         real: SetInfo::of(&engine.real),
         backbones: engine.backbones(),
         protocol: engine.protocol(),
+        classifier: None,
+        threshold: None,
+        labels: None,
         rows: Vec::new(),
         note: "Every scale starts from the same noise (seed of each volume independent of w); only the guidance \
                scale differs. FID values are comparable only within one backbone and weights hash."
@@ -377,6 +508,19 @@ pub fn run_sweep(
         let set = VolumeSet::from_nifti_files(&dir, &files)?;
         let scores = engine
             .score(&set, &mut |label, _, d, n| progress(SweepEvent::Features { set: label, done: d, total: n }))?;
+        let factual = match &scorer {
+            Some((clf, table)) => {
+                let labeled = LabeledSet::with_labels(set, table)?;
+                let mut rep = evaluate(clf, vec![(folder.clone(), labeled)], &fopts, &mut |_, d, n| {
+                    progress(SweepEvent::Features { set: "ctnet", done: d, total: n })
+                })?;
+                report.classifier = Some(rep.classifier.clone());
+                report.threshold = Some(rep.threshold);
+                report.labels = Some(table.path.display().to_string());
+                rep.rows.pop()
+            }
+            None => None,
+        };
         let row = SweepRow {
             guidance: w,
             folder,
@@ -386,6 +530,7 @@ pub fn run_sweep(
             fid_3d: scores.fid_3d,
             fid_25d: scores.fid_25d,
             planes: scores.planes,
+            factual,
             seconds_generating,
             seconds_scoring: t1.elapsed().as_secs_f64(),
         };

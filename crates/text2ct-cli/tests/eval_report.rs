@@ -295,7 +295,8 @@ fn report_writes_tables_and_fails_clearly() {
 
     // Bad sections and missing inputs: the error names the section.
     let cases: Vec<(String, Vec<&str>)> = vec![
-        ("[factual]\nclassifier = \"x\"\n".into(), vec!["unknown section [factual]"]),
+        ("[tables]\nx = 1\n".into(), vec!["unknown section [tables]"]),
+        ("[factual]\nclassifier = \"x\"\n".into(), vec!["section [factual]", "real"]),
         ("[report]\ntitle = \"x\"\n".into(), vec!["no section to run"]),
         (
             body.replace(&format!("real = \"{}\"", s(&f.real)), "real = \"/nonexistent/real\""),
@@ -428,4 +429,262 @@ fn report_clip_table() {
     // A manifest that is not there: the section is named.
     std::fs::write(&cfg, format!("[clip]\nmodel = \"{}\"\nmanifest = \"/nonexistent/m.jsonl\"\n", s(&model))).unwrap();
     fails(&["eval", "report", "--config", s(&cfg), "--out", s(&out)], &["section [clip]", "/nonexistent/m.jsonl"]);
+}
+
+/// A random-weight CT-Net classifier folder for 32 × 32 × 16 volumes (what `train classifier`
+/// writes as `<run>/final/`), under `run`.
+fn random_classifier(run: &Path) -> PathBuf {
+    use text2ct_eval::factual::{Classifier, ClassifierInfo, CLASSIFIER_FORMAT};
+    use text2ct_models::ctnet::{CtNet, CtNetConfig};
+    let mut cfg = CtNetConfig::fitted(18, [32, 32], [4, 4, 8, 8], 4).unwrap();
+    cfg.fc = [16, 8];
+    let net = CtNet::new(&cfg, 5, &text2ct_models::burn::tensor::Device::flex()).unwrap();
+    let info = ClassifierInfo {
+        format: CLASSIFIER_FORMAT.into(),
+        label_names: text2ct_data::labels::LABELS.iter().map(|s| s.to_string()).collect(),
+        data_size: [32, 32, 16],
+        data_spacing: None,
+        threshold: 0.5,
+        train_prevalence: Vec::new(),
+        pos_weight: Vec::new(),
+        n_train: 0,
+        steps: 0,
+        note: "random weights (test)".into(),
+    };
+    let fin = run.join("final");
+    Classifier::save(&fin, &net, &info).unwrap();
+    fin
+}
+
+/// The labels CSV `text2ct phantom` wrote under `root` (one split).
+fn phantom_labels(root: &Path) -> PathBuf {
+    let d = root.join("dataset/multi_abnormality_labels");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+    v.retain(|p| std::fs::read_to_string(p).unwrap().lines().count() > 1);
+    assert_eq!(v.len(), 1, "{v:?}");
+    v.pop().unwrap()
+}
+
+fn png_width(p: &Path) -> u32 {
+    let b = std::fs::read(p).unwrap();
+    u32::from_be_bytes([b[16], b[17], b[18], b[19]])
+}
+
+fn rows_by_name(v: &serde_json::Value) -> std::collections::BTreeMap<String, serde_json::Value> {
+    v.as_array().unwrap().iter().map(|r| (r["name"].as_str().unwrap().to_string(), r.clone())).collect()
+}
+
+#[test]
+fn report_factual_ablation_and_sweep_precision() {
+    let f = fixture("report-factual");
+    let fake = f.dir.join("fake");
+    phantoms(&fake, "2", "32,32,16", "2");
+    let (real_labels, fake_labels) = (phantom_labels(&f.real), phantom_labels(&fake));
+    let run_dir = f.dir.join("clf_run");
+    let fin = random_classifier(&run_dir);
+    // The labels of the sweep's two reports (valid_1_a_1: right pleural effusion).
+    let sweep_labels = f.dir.join("sweep_labels.csv");
+    let header: Vec<String> = text2ct_data::labels::LABELS.iter().map(|l| format!("\"{l}\"")).collect();
+    let mut row1 = vec!["0"; 18];
+    row1[12] = "1";
+    std::fs::write(
+        &sweep_labels,
+        format!(
+            "VolumeName,{}\nvalid_1_a_1.nii.gz,{}\nvalid_2_a_1.nii.gz,{}\n",
+            header.join(","),
+            row1.join(","),
+            vec!["0"; 18].join(",")
+        ),
+    )
+    .unwrap();
+    let sweep_out = f.dir.join("sweep");
+    // [factual] takes [fid]'s real set; [sweep] takes [factual]'s classifier (the run folder).
+    let body = format!(
+        "[fid]\nreal = \"{real}\"\n\
+         backbone_3d = {{ name = \"medicalnet-resnet10\", weights = \"{w3}\", config = \"{c3}\" }}\n\
+         [[fid.sets]]\nname = \"phantoms seed 2\"\npath = \"{fake}\"\n\n\
+         [factual]\nclassifier = \"{clf}\"\nreal_labels = \"{rl}\"\n\
+         [[factual.sets]]\nname = \"phantoms seed 2\"\npath = \"{fake}\"\nlabels = \"{fl}\"\n\n\
+         [ablation]\nsets = [\n  {{ name = \"encoder A\", path = \"{fake}\", labels = \"{fl}\" }},\n  \
+         {{ name = \"encoder B\", path = \"{real}\", labels = \"{rl}\" }},\n]\n\n\
+         [sweep]\nmodel = \"{model}\"\nreports = \"{reports}\"\nguidance = [0, 5]\nsteps = 1\nout = \"{so}\"\n\
+         labels = \"{sl}\"\n",
+        real = s(&f.real),
+        w3 = s(&f.w3),
+        c3 = s(&f.c3),
+        fake = s(&fake),
+        clf = s(&run_dir),
+        rl = s(&real_labels),
+        fl = s(&fake_labels),
+        model = s_static(model()),
+        reports = s(&f.reports),
+        so = s(&sweep_out),
+        sl = s(&sweep_labels),
+    );
+    let cfg = write_config(&f, "eval.toml", &body);
+    let out = f.dir.join("out");
+    ok(&["eval", "report", "--config", s(&cfg), "--out", s(&out)]);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for want in [
+        "## Table 3 — factual correctness",
+        "| Method | AUC (Macro) | AUC (Weighted) | Precision (Macro) | Precision (Weighted) | volumes |",
+        "## Table 5 — CLIP ablation",
+        "| encoder A |",
+        "| encoder B |",
+        "Precision (macro) ↑ |",
+        "| [factual] |",
+        "| [ablation] |",
+    ] {
+        assert!(md.contains(want), "report.md lacks {want:?}:\n{md}");
+    }
+    let t3 = &md[md.find("## Table 3").unwrap()..];
+    assert!(t3.find("| Real |").unwrap() < t3.find("| phantoms seed 2 |").unwrap(), "Real is the first row:\n{md}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows = j["factual"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["name"], "Real");
+    assert_eq!(rows[0]["n_volumes"], 3);
+    assert_eq!(rows[1]["n_volumes"], 2);
+    assert!(j["factual"]["classifier"]["dir"].as_str().unwrap().ends_with("final"));
+
+    // The same numbers as `eval factual` on the same inputs (given the weights file this time).
+    let o = f.dir.join("factual");
+    let (vr, vf) = (format!("real={}", s(&f.real)), format!("synth={}", s(&fake)));
+    let (lr, lf) = (format!("real={}", s(&real_labels)), format!("synth={}", s(&fake_labels)));
+    ok(&[
+        "eval",
+        "factual",
+        "--classifier",
+        s(&fin.join("ctnet.safetensors")),
+        "--volumes",
+        &vf,
+        "--volumes",
+        &vr,
+        "--labels",
+        &lf,
+        "--labels",
+        &lr,
+        "--out",
+        s(&o),
+    ]);
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(o.join("factual.json")).unwrap()).unwrap();
+    let erows = e["rows"].as_array().unwrap();
+    assert_eq!(erows[0]["name"], "real");
+    for (a, b) in rows.iter().zip(erows) {
+        for k in ["auc", "precision", "support", "predicted_positive", "n_volumes", "predictions"] {
+            assert_eq!(a[k], b[k], "{k}: report {} vs eval factual {}", a[k], b[k]);
+        }
+    }
+    assert!(rows[0]["auc"]["macro_avg"].as_f64().is_some());
+    assert_eq!(j["factual"]["classifier"]["weights_sha256"], e["classifier"]["weights_sha256"]);
+
+    // Table 5: FID with [fid]'s protocol (encoder A is Table 2's set: the same FID; encoder B is
+    // the real set: 0) and AUC / precision with [factual]'s classifier (as eval factual's rows).
+    let ab = &j["ablation"];
+    let fid_rows = rows_by_name(&ab["fid"]["rows"]);
+    assert_eq!(fid_rows["encoder A"]["fid_3d"], j["fid"]["rows"][0]["fid_3d"]);
+    assert!(fid_rows["encoder B"]["fid_3d"].as_f64().unwrap().abs() < 1e-6);
+    let fac = rows_by_name(&ab["factual"]["rows"]);
+    assert_eq!(fac["encoder A"]["precision"], erows[1]["precision"]);
+    assert_eq!(fac["encoder B"]["auc"], erows[0]["auc"]);
+
+    // Figure 3: precision per w, the numbers `eval factual` gives on that scale's volumes.
+    let sw = j["sweep"]["rows"].as_array().unwrap();
+    assert_eq!(sw.len(), 2);
+    for r in sw {
+        assert!(r["factual"]["precision"]["macro_avg"].as_f64().is_some(), "{r}");
+        assert_eq!(r["factual"]["n_volumes"], 2);
+    }
+    let o5 = f.dir.join("factual_w5");
+    ok(&[
+        "eval",
+        "factual",
+        "--classifier",
+        s(&fin),
+        "--volumes",
+        s(&sweep_out.join("w5")),
+        "--labels",
+        s(&sweep_labels),
+        "--out",
+        s(&o5),
+    ]);
+    let e5: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o5.join("factual.json")).unwrap()).unwrap();
+    assert_eq!(sw[1]["factual"]["precision"], e5["rows"][0]["precision"]);
+    assert_eq!(sw[1]["factual"]["support"][12], 1, "valid_1_a_1's effusion label");
+    assert_eq!(j["sweep"]["classifier"]["weights_sha256"], e["classifier"]["weights_sha256"]);
+    // Two panels: FID 3D and CT-Net precision.
+    assert_eq!(png_width(&out.join("figure3_guidance.png")), 2 * 640);
+
+    // Bad input: each error names its section and the problem, before anything runs.
+    let short = f.dir.join("short.csv");
+    let full = std::fs::read_to_string(&fake_labels).unwrap();
+    let lines: Vec<&str> = full.lines().collect();
+    std::fs::write(&short, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    let dropped = lines[lines.len() - 1].split(',').next().unwrap().trim_end_matches(".nii.gz").to_string();
+    let empty = f.dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let no_weights = f.dir.join("no_weights");
+    std::fs::create_dir_all(&no_weights).unwrap();
+    for n in ["classifier.json", "ctnet_config.json"] {
+        std::fs::copy(fin.join(n), no_weights.join(n)).unwrap();
+    }
+    let fl_line = format!("labels = \"{}\"\n\n[ablation]", s(&fake_labels));
+    let cases: Vec<(String, Vec<String>)> = vec![
+        (
+            body.replace(&fl_line, &format!("labels = \"{}\"\n\n[ablation]", s(&short))),
+            vec!["section [factual]".into(), "no labels".into(), dropped.clone()],
+        ),
+        (
+            body.replace("real_labels =", "thresold = 0.5\nreal_labels ="),
+            vec!["section [factual]".into(), "thresold".into()],
+        ),
+        (
+            body.replace(&format!("classifier = \"{}\"", s(&run_dir)), "classifier = \"/nonexistent/clf\""),
+            vec!["section [factual]".into(), "/nonexistent/clf".into()],
+        ),
+        (
+            body.replace(&format!("classifier = \"{}\"", s(&run_dir)), &format!("classifier = \"{}\"", s(&no_weights))),
+            vec!["section [factual]".into(), "ctnet.safetensors is missing".into()],
+        ),
+        (
+            body.replace(
+                &format!("path = \"{}\"\nlabels = \"{}\"", s(&fake), s(&fake_labels)),
+                &format!("path = \"{}\"\nlabels = \"{}\"", s(&empty), s(&fake_labels)),
+            ),
+            vec!["section [factual]".into(), "no volumes".into()],
+        ),
+        (
+            body.replace("name = \"phantoms seed 2\"\npath", "name = \"real\"\npath"),
+            vec!["section [factual]".into(), "real set's row".into()],
+        ),
+        (body[body.find("[factual]").unwrap()..].to_string(), vec!["section [factual]".into(), "real".into()]),
+        (
+            body[body.find("[ablation]").unwrap()..body.find("[sweep]").unwrap()].to_string(),
+            vec!["section [ablation]".into(), "[fid]".into()],
+        ),
+        (
+            body.replace(&format!(", labels = \"{}\" }},\n]", s(&real_labels)), " },\n]"),
+            vec!["section [ablation]".into(), "encoder B".into(), "need labels".into()],
+        ),
+        (
+            body.replace(
+                &format!("labels = \"{}\"\n", s(&sweep_labels)),
+                &format!("labels = \"{}\"\n", s(&fake_labels)),
+            ),
+            vec!["section [sweep]".into(), "valid_1_a_1".into(), "no labels".into()],
+        ),
+        (
+            format!("{body}\n[augmentation]\nconfig = \"/nonexistent/aug.toml\"\n"),
+            vec!["section [augmentation]".into(), "/nonexistent/aug.toml".into()],
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let c = write_config(&f, &format!("badf{i}.toml"), text);
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        let bad_out = f.dir.join(format!("badf{i}"));
+        fails(&["eval", "report", "--config", s(&c), "--out", s(&bad_out)], &want);
+        assert!(!bad_out.join("report.json").exists(), "case {i}: nothing runs when the config is bad");
+    }
 }

@@ -412,9 +412,39 @@ fc = [16, 8]
         assert_eq!(r2["results"][k]["weights_sha256"], res[k]["weights_sha256"]);
         assert!(r2["results"][k]["training"].is_null());
     }
+    // `eval report` with an [augmentation] section runs the same study (the finished classifiers
+    // are reused) and embeds its table: the same numbers as augment.json.
+    let eval = d.path().join("eval.toml");
+    std::fs::write(&eval, format!("[augmentation]\nconfig = {:?}\n", p.to_string_lossy())).unwrap();
+    let rep = d.path().join("report");
+    run(&["eval", "report", "--config", eval.to_str().unwrap(), "--out", rep.to_str().unwrap()]).unwrap();
+    let j = json(&rep.join("report.json"));
+    let a = j["augmentation"]["results"].as_array().unwrap();
+    assert_eq!(a.len(), 3);
+    for k in 0..3 {
+        assert_eq!(a[k]["regime"], res[k]["regime"]);
+        assert_eq!(a[k]["weights_sha256"], res[k]["weights_sha256"]);
+        assert_eq!(a[k]["test"]["auc"], r2["results"][k]["test"]["auc"]);
+        assert_eq!(a[k]["test"]["precision"], r2["results"][k]["test"]["precision"]);
+    }
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    for want in
+        ["## Table 6", "| Training set | AUC (Macro) |", "| Real only |", "| Real + Synthetic |", "| [augmentation] |"]
+    {
+        assert!(md.contains(want), "report.md lacks {want:?}:\n{md}");
+    }
+    assert!(rep.join("table6_augmentation.png").is_file());
+    // An unknown key is refused, naming the section.
+    let bad = d.path().join("bad.toml");
+    std::fs::write(&bad, format!("[augmentation]\nconfig = {:?}\nstep = 3\n", p.to_string_lossy())).unwrap();
+    let e = run(&["eval", "report", "--config", bad.to_str().unwrap(), "--out", rep.to_str().unwrap()]).unwrap_err();
+    assert!(e.contains("section [augmentation]") && e.contains("unknown field `step`"), "{e}");
+
     // Bad config: the test set does not exist.
     std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace(test.to_str().unwrap(), "/nonexistent/m.jsonl"))
         .unwrap();
     let e = run(&["eval", "augment", "--config", p.to_str().unwrap()]).unwrap_err();
     assert!(e.contains("study.test.volumes") && e.contains("aug.toml"), "{e}");
+    let e = run(&["eval", "report", "--config", eval.to_str().unwrap(), "--out", rep.to_str().unwrap()]).unwrap_err();
+    assert!(e.contains("section [augmentation]") && e.contains("study.test.volumes"), "{e}");
 }

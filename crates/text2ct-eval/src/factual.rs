@@ -135,8 +135,26 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> FactualResult<T> {
 }
 
 impl Classifier {
-    /// Load a classifier folder (see the module docs) on `dev`.
-    pub fn load(dir: &Path, dev: &Device) -> FactualResult<Self> {
+    /// The classifier folder a path names: the folder itself (it holds [`INFO_FILE`]), a training
+    /// run folder (its `final/`, what `text2ct train classifier` writes), or a file inside the
+    /// classifier folder (e.g. its `ctnet.safetensors`). Only checks that the path exists; [`Classifier::check`]
+    /// and [`Classifier::load`] check the folder.
+    pub fn resolve(path: &Path) -> FactualResult<PathBuf> {
+        if path.is_file() {
+            return Ok(path.parent().map(Path::to_path_buf).unwrap_or_default());
+        }
+        if !path.exists() {
+            return input(format!("classifier {}: no such file or folder", path.display()));
+        }
+        if !path.join(INFO_FILE).is_file() && path.join("final").join(INFO_FILE).is_file() {
+            return Ok(path.join("final"));
+        }
+        Ok(path.to_path_buf())
+    }
+
+    /// Check a classifier folder without loading the network: the three files and
+    /// `classifier.json`'s format and labels. Returns its info.
+    pub fn check(dir: &Path) -> FactualResult<ClassifierInfo> {
         if !dir.is_dir() {
             return input(format!(
                 "classifier {}: not a folder (expected {INFO_FILE}, {CONFIG_FILE}, {WEIGHTS_FILE})",
@@ -166,6 +184,12 @@ impl Classifier {
                 dir.join(INFO_FILE).display()
             ));
         }
+        Ok(info)
+    }
+
+    /// Load a classifier folder (see the module docs) on `dev`.
+    pub fn load(dir: &Path, dev: &Device) -> FactualResult<Self> {
+        let info = Self::check(dir)?;
         let cfg: CtNetConfig = read_json(&dir.join(CONFIG_FILE))?;
         if cfg.n_outputs != NUM_LABELS {
             return input(format!(
@@ -407,6 +431,12 @@ impl LabeledSet {
                 ))
             }
         };
+        Self::with_labels(set, &table)
+    }
+
+    /// Attach the labels of `table` to every volume of an opened set (matched as in the module
+    /// docs); the error names the first volume without a label row.
+    pub fn with_labels(set: VolumeSet, table: &LabelTable) -> FactualResult<Self> {
         let mut items = Vec::with_capacity(set.len());
         for i in 0..set.len() {
             let path = set.source(i).to_path_buf();
@@ -429,7 +459,7 @@ impl LabeledSet {
             };
             items.push(LabeledItem { id: set.id(i).to_string(), key, key_source: src, path, labels: l.clone() });
         }
-        Ok(LabeledSet { set, labels_path: table.path, items })
+        Ok(LabeledSet { set, labels_path: table.path.clone(), items })
     }
 
     pub fn len(&self) -> usize {

@@ -307,20 +307,17 @@ impl Default for VaeLossConfig {
 }
 
 /// A configuration error.
-pub(crate) fn bad<T>(msg: impl Into<String>) -> Result<T> {
+pub fn bad<T>(msg: impl Into<String>) -> Result<T> {
     Err(TrainError::Config(msg.into()))
 }
 
 /// Parse a training config from TOML text (no validation).
-pub(crate) fn toml_from_str<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+pub fn toml_from_str<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     toml::from_str(s).map_err(|e| TrainError::Config(e.to_string()))
 }
 
 /// Read a TOML training config and validate it; errors name the file.
-pub(crate) fn toml_from_file<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    validate: impl Fn(&T) -> Result<()>,
-) -> Result<T> {
+pub fn toml_from_file<T: serde::de::DeserializeOwned>(path: &Path, validate: impl Fn(&T) -> Result<()>) -> Result<T> {
     let s = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let cfg = toml_from_str(&s).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
     validate(&cfg).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;

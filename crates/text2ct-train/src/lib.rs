@@ -14,8 +14,8 @@
 //!   learnable temperature, cosine + warm-up), embeddings for `text2ct eval clip`.
 //! - [`classifier`]: [`train`](classifier::train): the CT-Net classifier (weighted multi-label BCE,
 //!   label-preserving augmentation), exported as the folder `text2ct eval factual` loads.
-//! - [`augment`]: the augmentation study (Table 6): real / synthetic / real + synthetic training,
-//!   tested on real.
+//!   (The augmentation study that trains it on real / synthetic / both is an experiment:
+//!   `text2ct_bench::augment`.)
 //! - [`runloop`]: the run-loop skeleton shared by trainers (resume policy, stop conditions,
 //!   AdamW, checkpoints, JSONL logs).
 //! - [`disc`]: a 3D PatchGAN discriminator.
@@ -26,7 +26,6 @@
 //! Progress is reported through a callback ([`progress::ProgressEvent`]) so front ends draw
 //! their own bars.
 
-pub mod augment;
 pub mod caption;
 pub mod checkpoint;
 pub mod classifier;

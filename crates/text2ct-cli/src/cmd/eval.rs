@@ -34,8 +34,9 @@ pub enum EvalCommand {
     /// sweep.png; re-running skips volumes already written. See docs/evaluation/report.md.
     Sweep(SweepArgs),
     /// The one-command evaluation report: run the sections an EVAL.toml configures ([fid] →
-    /// Table 2, [clip] → Table 4, [sweep] → Figure 3) and write report.md, report.json, the PNGs
-    /// and a provenance block into one folder (configs/eval_phantom.toml; docs/evaluation/report.md).
+    /// Table 2, [factual] → Table 3, [clip] → Table 4, [ablation] → Table 5, [augmentation] →
+    /// Table 6, [sweep] → Figure 3) and write report.md, report.json, the PNGs and a provenance
+    /// block into one folder (configs/eval_phantom.toml; docs/evaluation/report.md).
     Report(ReportArgs),
     /// Factual correctness (the paper's Table 3; docs/evaluation/factual.md): a trained CT-Net
     /// classifier predicts the 18 labels of every volume; AUC and precision (per class, macro,
@@ -115,12 +116,27 @@ pub struct SweepArgs {
     /// Slices per forward pass of the 2D backbone.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// A CT-Net classifier (folder, `train classifier` run folder, or its ctnet.safetensors):
+    /// adds AUC and precision per w against the reports' labels (docs/evaluation/factual.md).
+    #[arg(long)]
+    pub classifier: Option<PathBuf>,
+    /// The reports' labels for --classifier (labels CSV or prepared manifest; default: the
+    /// --real set's manifest when it is a prepared set).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Decision threshold of precision (default: the classifier's, 0.5).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Pad / crop generated volumes to the classifier's training shape.
+    #[arg(long)]
+    pub pad_crop: bool,
 }
 
 #[derive(clap::Args)]
 pub struct FactualArgs {
     /// The classifier folder (classifier.json, ctnet_config.json, ctnet.safetensors), e.g. the
-    /// final/ folder of `text2ct train classifier`.
+    /// final/ folder of `text2ct train classifier`; its run folder or a file in the classifier
+    /// folder (its ctnet.safetensors) name it too.
     #[arg(long)]
     pub classifier: PathBuf,
     /// A volume set, as NAME=PATH or PATH (repeatable): a folder of NIfTI files (generate's
@@ -385,6 +401,10 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         decode_window: a.decode_window.as_deref().map(parse_size).transpose()?,
         limit: a.limit,
         fid,
+        classifier: a.classifier,
+        labels: a.labels,
+        threshold: a.threshold,
+        pad_crop: a.pad_crop,
     };
     let pb = crate::util::progress(0, "sweep");
     let rep = run_sweep(&cfg, &a.out, &Device::flex(), &mut |e| match e {
@@ -398,13 +418,18 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         }
         SweepEvent::Row(r) => pb.suspend(|| {
             println!(
-                "w = {}: {} volumes ({} generated, {} present); FID 3D {}, FID 2.5D {}",
+                "w = {}: {} volumes ({} generated, {} present); FID 3D {}, FID 2.5D {}{}",
                 r.guidance,
                 r.n_volumes,
                 r.generated,
                 r.skipped,
                 r.fid_3d.map_or("-".into(), |v| format!("{v:.6}")),
-                r.fid_25d.map_or("-".into(), |v| format!("{v:.6}"))
+                r.fid_25d.map_or("-".into(), |v| format!("{v:.6}")),
+                r.factual.as_ref().map_or(String::new(), |m| format!(
+                    "; precision macro {} / weighted {}",
+                    m.precision.macro_avg.map_or("-".into(), |v| format!("{v:.4}")),
+                    m.precision.weighted_avg.map_or("-".into(), |v| format!("{v:.4}"))
+                ))
             )
         }),
         _ => {}
@@ -484,7 +509,9 @@ fn run_factual(a: FactualArgs) -> Result<()> {
         bail!("--labels {n}=…: no --volumes set of that name");
     }
     let dev = Device::flex();
-    let clf = Classifier::load(&a.classifier, &dev).with_context(|| format!("loading {}", a.classifier.display()))?;
+    let clf = Classifier::resolve(&a.classifier)
+        .and_then(|d| Classifier::load(&d, &dev))
+        .with_context(|| format!("loading {}", a.classifier.display()))?;
     let total: usize = opened.iter().map(|(_, s)| s.len()).sum();
     let pb = crate::util::progress(total as u64, "ctnet");
     let mut base = 0usize;
@@ -521,7 +548,7 @@ fn run_factual(a: FactualArgs) -> Result<()> {
 }
 
 fn run_augment(a: AugmentArgs) -> Result<()> {
-    use text2ct_train::augment::{run_study, AugmentStudyConfig};
+    use text2ct_bench::augment::{run_study, AugmentStudyConfig};
     let mut cfg =
         AugmentStudyConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
     if let Some(o) = a.out_dir {

@@ -22,6 +22,10 @@
 //! batch_size = 4
 //! seed = 0
 //! ```
+//!
+//! It lives here, above `text2ct-train`, because it is an experiment (it trains classifiers with
+//! `text2ct_train::classifier` and scores them with `text2ct_eval::factual`); its errors are the
+//! trainer's ([`TrainError`]).
 
 use std::path::{Path, PathBuf};
 
@@ -31,15 +35,15 @@ use text2ct_eval::factual::{
     THRESHOLD,
 };
 
-use crate::classifier::{
+use text2ct_train::classifier::{
     self, AugmentConfig, ClassifierDataConfig, ClassifierLossConfig, ClassifierModelConfig, ClassifierSummary,
     ClassifierTrainConfig, ClassifierTrainOptions, SourceConfig,
 };
-use crate::config::{bad, toml_from_file, toml_from_str, OptimConfig, RunConfig, ScheduleConfig};
-use crate::error::{Result, TrainError};
-use crate::plot::BarPlot;
-use crate::progress::{Progress, ProgressEvent};
-use crate::runloop;
+use text2ct_train::config::{bad, toml_from_file, toml_from_str, OptimConfig, RunConfig, ScheduleConfig};
+use text2ct_train::plot::BarPlot;
+use text2ct_train::progress::{Progress, ProgressEvent};
+use text2ct_train::runloop;
+use text2ct_train::{Result, TrainError};
 
 /// A training regime of the study.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,7 +326,7 @@ pub fn run_study(cfg: &AugmentStudyConfig, progress: Progress) -> Result<Augment
     if test.is_empty() {
         return Err(TrainError::Data(format!("study.test {}: no volumes", s.test.volumes.display())));
     }
-    let dev = burn::tensor::Device::flex();
+    let dev = text2ct_models::burn::tensor::Device::flex();
     let mut results = Vec::new();
     for &r in &s.regimes {
         let rc = cfg.regime_config(r);

@@ -617,6 +617,29 @@ fn report_factual_ablation_and_sweep_precision() {
     // Two panels: FID 3D and CT-Net precision.
     assert_eq!(png_width(&out.join("figure3_guidance.png")), 2 * 640);
 
+    // The classifier as FID backbone on the sets' own grid (32 × 32 × 16; the network reads 18
+    // slices): the common grid first, then CT-Net's input.
+    let fo = f.dir.join("fid_ctnet");
+    let stdout = ok(&[
+        "eval",
+        "fid",
+        "--real",
+        s(&f.real),
+        "--fake",
+        s(&fake),
+        "--backbone",
+        "ctnet",
+        "--weights",
+        s(&fin.join("ctnet.safetensors")),
+        "--backbone-config",
+        s(&fin.join("ctnet_config.json")),
+        "--size",
+        "32,32,16",
+        "--out",
+        s(&fo),
+    ]);
+    assert!(stdout.contains("FID (ctnet)"), "{stdout}");
+
     // Bad input: each error names its section and the problem, before anything runs.
     let short = f.dir.join("short.csv");
     let full = std::fs::read_to_string(&fake_labels).unwrap();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use text2ct_models::burn::tensor::{Device, Tensor, TensorData};
-use text2ct_models::ctnet::{prepare_volume, CtNet, CtNetConfig, ReducingConv};
+use text2ct_models::ctnet::{CtNet, CtNetConfig, ReducingConv};
 use text2ct_models::resnet2d::{ResNet2d, ResNet2dConfig};
 use text2ct_models::resnet3d::{ResNet3d, ResNet3dConfig};
 use text2ct_models::StateDict;
@@ -614,8 +614,16 @@ pub fn features_3d(
                 let c = &m.config;
                 let dev = m.net.fc1.weight.val().device();
                 let want = [c.size[1], c.size[0], c.n_slices];
+                // The sets' common grid (`size`), then CT-Net's own input: a grid the input holds
+                // is centre-padded with -1000 HU, as for classification (a 64 x 64 x 32 grid feeds
+                // 33 slices); one it would have to crop is refused.
                 let (data, dims) = prepare_hu(&vol, Some(size.unwrap_or(want)))?;
-                let v = prepare_volume(c, &data, dims)
+                if (0..3).any(|a| dims[a] > want[a]) {
+                    return input(format!(
+                        "CT-Net's input {want:?} (X, Y, Z) is smaller than the grid {dims:?}: give a size it holds"
+                    ));
+                }
+                let v = crate::factual::ctnet_input(c, &data, dims)
                     .map_err(|e| FidError::Input(format!("volume {}: {e}", set.id(i))))?;
                 let t = Tensor::<5>::from_data(TensorData::new(v, [1, c.n_triplets(), 3, c.size[0], c.size[1]]), &dev);
                 to_vec2(m.features(t)?)?

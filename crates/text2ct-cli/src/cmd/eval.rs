@@ -30,7 +30,8 @@ pub enum EvalCommand {
     PromptEffects(crate::cmd::effects::PromptEffectsArgs),
     /// The guidance sweep (the paper's Figure 3): generate the test reports at every guidance
     /// scale w from the same noise (only w changes), then FID 3D (and 2.5D with a 2D backbone)
-    /// of each scale's set against the real set. Writes OUT/w{w}/ volumes, sweep.json, sweep.md,
+    /// of each scale's set against the real set, and with --classifier CT-Net's precision and
+    /// AUC against the reports' labels. Writes OUT/w{w}/ volumes, sweep.json, sweep.md,
     /// sweep.png; re-running skips volumes already written. See docs/evaluation/report.md.
     Sweep(SweepArgs),
     /// The one-command evaluation report: run the sections an EVAL.toml configures ([fid] →

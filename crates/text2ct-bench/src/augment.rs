@@ -169,6 +169,22 @@ impl AugmentStudyConfig {
         toml_from_file(path, Self::validate)
     }
 
+    /// [`AugmentStudyConfig::from_file`] with `study.out_dir` and `train.steps` overridden
+    /// (`eval augment --out-dir --steps`, the report's `[augmentation]`), validated again.
+    pub fn from_file_with(path: &Path, out_dir: Option<&Path>, steps: Option<usize>) -> Result<Self> {
+        let mut cfg = Self::from_file(path)?;
+        if let Some(o) = out_dir {
+            cfg.study.out_dir = o.to_path_buf();
+        }
+        if let Some(s) = steps {
+            let mut t = cfg.train.clone().unwrap_or_default();
+            t.steps = s;
+            cfg.train = Some(t);
+        }
+        cfg.validate().map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        Ok(cfg)
+    }
+
     fn train_cfg(&self) -> StudyTrainConfig {
         self.train.clone().unwrap_or_default()
     }

@@ -326,17 +326,7 @@ pub struct AugmentationSection {
 impl AugmentationSection {
     /// The study config with the overrides, validated.
     pub fn study(&self) -> Result<AugmentStudyConfig> {
-        let mut cfg = AugmentStudyConfig::from_file(&self.config)?;
-        if let Some(o) = &self.out_dir {
-            cfg.study.out_dir = o.clone();
-        }
-        if let Some(s) = self.steps {
-            let mut t = cfg.train.clone().unwrap_or_default();
-            t.steps = s;
-            cfg.train = Some(t);
-        }
-        cfg.validate()?;
-        Ok(cfg)
+        Ok(AugmentStudyConfig::from_file_with(&self.config, self.out_dir.as_deref(), self.steps)?)
     }
 }
 
@@ -930,11 +920,18 @@ impl EvalReport {
         s
     }
 
-    /// Table 5: FID 2.5D (mean of planes), FID 3D and, with a classifier, AUC and precision
+    /// Table 5: FID 2.5D (mean of planes, with a 2D backbone), FID 3D and, with a classifier, AUC and precision
     /// (macro / weighted) per text encoder.
     pub fn table5(a: &AblationTable) -> String {
-        let mut s = String::from("| Text encoder | FID 2.5D (avg) ↓ | FID 3D ↓ |");
-        let mut sep = String::from("|---|---|---|");
+        let has2 = a.fid.rows.iter().any(|r| r.scores.fid_25d.is_some());
+        let mut s = String::from("| Text encoder |");
+        let mut sep = String::from("|---|");
+        if has2 {
+            s.push_str(" FID 2.5D (avg) ↓ |");
+            sep.push_str("---|");
+        }
+        s.push_str(" FID 3D ↓ |");
+        sep.push_str("---|");
         if a.factual.is_some() {
             s.push_str(" AUC (Macro) ↑ | AUC (Weighted) ↑ | Precision (Macro) ↑ | Precision (Weighted) ↑ |");
             sep.push_str("---|---|---|---|");
@@ -943,7 +940,11 @@ impl EvalReport {
         sep.push_str("---|\n");
         s.push_str(&sep);
         for r in &a.fid.rows {
-            s.push_str(&format!("| {} | {} | {} |", r.name, f3(r.scores.fid_25d), f3(r.scores.fid_3d)));
+            s.push_str(&format!("| {} |", r.name));
+            if has2 {
+                s.push_str(&format!(" {} |", f3(r.scores.fid_25d)));
+            }
+            s.push_str(&format!(" {} |", f3(r.scores.fid_3d)));
             if let Some(f) = &a.factual {
                 let m = f.rows.iter().find(|m| m.name == r.name);
                 for v in [

@@ -550,17 +550,8 @@ fn run_factual(a: FactualArgs) -> Result<()> {
 
 fn run_augment(a: AugmentArgs) -> Result<()> {
     use text2ct_bench::augment::{run_study, AugmentStudyConfig};
-    let mut cfg =
-        AugmentStudyConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    if let Some(o) = a.out_dir {
-        cfg.study.out_dir = o;
-    }
-    if let Some(s) = a.steps {
-        let mut t = cfg.train.clone().unwrap_or_default();
-        t.steps = s;
-        cfg.train = Some(t);
-    }
-    cfg.validate()?;
+    let cfg = AugmentStudyConfig::from_file_with(&a.config, a.out_dir.as_deref(), a.steps)
+        .with_context(|| format!("reading {}", a.config.display()))?;
     let pb = crate::util::progress(0, "augment");
     let mut on_event = |ev: text2ct_train::ProgressEvent| match ev {
         text2ct_train::ProgressEvent::Start { start_step, total_steps, .. } => {

@@ -616,6 +616,38 @@ fn report_factual_ablation_and_sweep_precision() {
     assert_eq!(j["sweep"]["classifier"]["weights_sha256"], e["classifier"]["weights_sha256"]);
     // Two panels: FID 3D and CT-Net precision.
     assert_eq!(png_width(&out.join("figure3_guidance.png")), 2 * 640);
+    // `eval sweep --classifier` on the same folder: nothing regenerated, the same precision.
+    let stdout = ok(&[
+        "eval",
+        "sweep",
+        "--model",
+        s_static(model()),
+        "--reports",
+        s(&f.reports),
+        "--real",
+        s(&f.real),
+        "--guidance",
+        "0,5",
+        "--steps",
+        "1",
+        "--backbone",
+        "medicalnet-resnet10",
+        "--weights",
+        s(&f.w3),
+        "--backbone-config",
+        s(&f.c3),
+        "--classifier",
+        s(&run_dir),
+        "--labels",
+        s(&sweep_labels),
+        "--out",
+        s(&sweep_out),
+    ]);
+    assert!(
+        stdout.contains("w = 5: 2 volumes (0 generated, 2 present)") && stdout.contains("precision macro"),
+        "{stdout}"
+    );
+    assert_eq!(sweep_json(&sweep_out)["rows"][1]["factual"]["precision"], sw[1]["factual"]["precision"]);
 
     // The classifier as FID backbone on the sets' own grid (32 × 32 × 16; the network reads 18
     // slices): the common grid first, then CT-Net's input.
@@ -697,6 +729,10 @@ fn report_factual_ablation_and_sweep_precision() {
                 &format!("labels = \"{}\"\n", s(&fake_labels)),
             ),
             vec!["section [sweep]".into(), "valid_1_a_1".into(), "no labels".into()],
+        ),
+        (
+            body.replace(&format!("labels = \"{}\"\n", s(&sweep_labels)), ""),
+            vec!["section [sweep]".into(), "needs the reports' labels".into()],
         ),
         (
             format!("{body}\n[augmentation]\nconfig = \"/nonexistent/aug.toml\"\n"),

@@ -438,8 +438,10 @@ impl EvalConfig {
                     t.insert("fid".into(), toml::Value::Table(p));
                 }
             }
-            // The classifier, its threshold and pad_crop from [factual].
-            if let Some(f) = table.get("factual").and_then(|f| f.as_table()) {
+            // The classifier, its threshold and pad_crop from [factual]; `classifier = false`: none.
+            if t.get("classifier").and_then(|c| c.as_bool()) == Some(false) {
+                t.remove("classifier");
+            } else if let Some(f) = table.get("factual").and_then(|f| f.as_table()) {
                 if !t.contains_key("classifier") {
                     for k in ["classifier", "threshold", "pad_crop"] {
                         if let Some(v) = f.get(k) {
@@ -1217,6 +1219,11 @@ mod tests {
         assert_eq!(f.real, PathBuf::from("/tmp/s2/ph_valid"));
         assert_eq!(f.sets.len(), 1);
         assert_eq!(c.augmentation.unwrap().config, PathBuf::from("configs/eval_augment_phantom.toml"));
+        // `classifier = false` keeps [factual]'s classifier out of the sweep.
+        let text =
+            std::fs::read_to_string(&p).unwrap().replace("out = \"runs/eval_phantom_sweep\"", "classifier = false");
+        let c = EvalConfig::from_toml_str(&text).unwrap();
+        assert_eq!(c.sweep.unwrap().config.classifier, None);
         let e = EvalConfig::from_toml_str("[tables]\nx = 1\n").unwrap_err().to_string();
         assert!(e.contains("unknown section [tables]"), "{e}");
         let e = EvalConfig::from_toml_str("[ablation]\nx = 1\n").unwrap_err().to_string();

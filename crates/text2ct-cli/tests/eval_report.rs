@@ -365,6 +365,7 @@ fn tiny_clip(dir: &Path) {
         input_depth: 4,
         input_layout: "HWD".into(),
         quantize: true,
+        normalize_patches: true,
     };
     let cfg =
         Clip3dConfig { text_config: text, vision_config: vision, projection_dim: 6, logit_scale_init_value: 2.6592 };

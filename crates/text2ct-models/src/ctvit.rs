@@ -80,6 +80,15 @@ pub struct CtVitConfig {
     /// instead (the codebook keys stay in the state dict, unused). See docs/evaluation/clip.md.
     #[serde(default = "d_true", skip_serializing_if = "is_true")]
     pub quantize: bool,
+    /// Normalise each patch's voxels with the patch embedding's first LayerNorm (CT-ViT, Text2CT,
+    /// CT-CLIP: `true`, the default). `false` is a text2ct option: that layer applies only its
+    /// affine part (`weight * x + bias`, same keys), so a patch keeps its mean intensity. Per-patch
+    /// normalisation removes exactly what distinguishes a homogeneous patch of fluid from one of
+    /// aerated lung, and blows a near-constant patch (air, ~6 HU of noise) up to unit-variance
+    /// noise; on coarse phantoms, where findings are mostly intensity changes of smooth regions,
+    /// that leaves the encoder little but noise. See docs/evaluation/clip.md.
+    #[serde(default = "d_true", skip_serializing_if = "is_true")]
+    pub normalize_patches: bool,
 }
 
 fn d_true() -> bool {
@@ -106,6 +115,7 @@ impl CtVitConfig {
             input_depth: 128,
             input_layout: "HWD".into(),
             quantize: true,
+            normalize_patches: true,
         }
     }
 
@@ -125,6 +135,7 @@ impl CtVitConfig {
             input_depth: 240,
             input_layout: "DHW".into(),
             quantize: true,
+            normalize_patches: true,
         }
     }
 
@@ -227,23 +238,37 @@ impl BiaslessLayerNorm {
 }
 
 /// `nn.Sequential(Rearrange, LayerNorm(p), Linear(p, dim), LayerNorm(dim))` (keys `.1`, `.2`, `.3`).
+/// With `normalize = false` ([`CtVitConfig::normalize_patches`]) the first LayerNorm applies only
+/// its affine part.
 #[derive(Module, Debug)]
 pub struct PatchEmbed {
     pub norm_in: LayerNorm,
     pub proj: Linear,
     pub norm_out: LayerNorm,
+    pub normalize: bool,
 }
 
 impl PatchEmbed {
-    fn build(src: &mut dyn ParamSource, key: &str, p: usize, dim: usize, dev: &Device) -> Self {
+    fn build(src: &mut dyn ParamSource, key: &str, p: usize, dim: usize, normalize: bool, dev: &Device) -> Self {
         PatchEmbed {
             norm_in: LayerNorm::build(src, &format!("{key}.1"), p, 1e-5, dev),
             proj: linear(src, &format!("{key}.2"), p, dim, true, dev),
             norm_out: LayerNorm::build(src, &format!("{key}.3"), dim, 1e-5, dev),
+            normalize,
         }
     }
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.norm_out.forward(self.proj.forward(self.norm_in.forward(x)))
+        let x = if self.normalize {
+            self.norm_in.forward(x)
+        } else {
+            let shape = {
+                let mut s = [1usize; D];
+                s[D - 1] = self.norm_in.gamma.dims()[0];
+                s
+            };
+            x * self.norm_in.gamma.val().reshape(shape) + self.norm_in.beta.val().reshape(shape)
+        };
+        self.norm_out.forward(self.proj.forward(x))
     }
     fn export(&self, ex: &mut Export, key: &str) {
         ex.layer_norm(&format!("{key}.1"), &self.norm_in);
@@ -578,8 +603,9 @@ impl CtVit {
     pub(crate) fn build(cfg: &CtVitConfig, src: &mut dyn ParamSource, dev: &Device) -> Self {
         let (d, c, p, pt) = (cfg.dim, cfg.channels, cfg.patch_size, cfg.temporal_patch_size);
         let spatial_rel_pos_bias = ContinuousPositionBias::build(src, "spatial_rel_pos_bias", d, cfg.heads, dev);
-        let to_patch_emb_first_frame = PatchEmbed::build(src, "to_patch_emb_first_frame", c * p * p, d, dev);
-        let to_patch_emb = PatchEmbed::build(src, "to_patch_emb", c * pt * p * p, d, dev);
+        let to_patch_emb_first_frame =
+            PatchEmbed::build(src, "to_patch_emb_first_frame", c * p * p, d, cfg.normalize_patches, dev);
+        let to_patch_emb = PatchEmbed::build(src, "to_patch_emb", c * pt * p * p, d, cfg.normalize_patches, dev);
         let enc_spatial_transformer = CtTransformer::build(src, "enc_spatial_transformer", cfg.spatial_depth, cfg, dev);
         let enc_temporal_transformer =
             CtTransformer::build(src, "enc_temporal_transformer", cfg.temporal_depth, cfg, dev);

@@ -348,3 +348,32 @@ fn codebook_ema_update_matches_vector_quantize_pytorch() {
         assert!(re < 1e-5 && rc < 1e-6, "update {s}: embed rel {re:e}, cluster_size rel {rc:e}");
     }
 }
+
+/// `normalize_patches = false`: the same keys load (the reference checkpoint), the first patch
+/// LayerNorm keeps only its affine part, so two volumes that differ by a constant intensity give
+/// different tokens — the reference's per-patch LayerNorm maps them to the same tokens.
+#[test]
+fn unnormalized_patches_keep_the_intensity_level() {
+    let dev = Device::flex();
+    let dir = fixtures("ctvit");
+    let mut cfg = clip3d_cfg();
+    let x = input(&dev);
+    let shifted = x.clone() + 0.2;
+    let tokens = |clip: &Clip3d, x: Tensor<5>| {
+        let v = &clip.vision.as_ref().unwrap().vision_model;
+        v.encode_tokens(v.patch_embed(x)).into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    };
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let reference = Clip3d::load(&cfg, &dir.join("clip3d.pt"), &dev).unwrap();
+    let (a, b) = (tokens(&reference, x.clone()), tokens(&reference, shifted.clone()));
+    // A constant intensity shift vanishes under the per-patch LayerNorm.
+    assert!(max_diff(&a, &b) < 1e-3, "{}", max_diff(&a, &b));
+    cfg.vision_config.normalize_patches = false;
+    let json = serde_json::to_string(&cfg.vision_config).unwrap();
+    assert!(json.contains("\"normalize_patches\":false"), "{json}");
+    assert!(!serde_json::to_string(&ctvit_cfg()).unwrap().contains("normalize_patches"));
+    let raw = Clip3d::load(&cfg, &dir.join("clip3d.pt"), &dev).unwrap();
+    let (c, d) = (tokens(&raw, x), tokens(&raw, shifted));
+    assert!(max_diff(&c, &d) > 0.1, "{}", max_diff(&c, &d));
+    assert!(max_diff(&a, &c) > 0.1, "the option changed nothing");
+}

@@ -91,8 +91,8 @@ pub struct ClipTrainConfig {
 pub struct ClipLossConfig {
     /// Weight of an auxiliary multi-label loss (a text2ct option, not in the reference): one
     /// linear head `projection_dim -> 18`, *shared* by both towers, reads the L2-normalised volume
-    /// and text embeddings (times sqrt(projection_dim); bias initialised to the labels' training
-    /// log-odds) and is trained with binary cross-entropy against the pair's 18 labels;
+    /// and text embeddings (each dimension standardised over the batch; bias initialised to the
+    /// labels' training log-odds) and is trained with binary cross-entropy against the pair's 18 labels;
     /// `loss = InfoNCE + label_weight * (BCE(head(v), y) + BCE(head(t), y)) / 2`. Sharing the head
     /// makes both towers encode each finding along the same direction, which gives a small model
     /// trained from scratch a signal to break the initial symmetry (docs/evaluation/clip.md). The
@@ -423,12 +423,18 @@ pub fn new_label_head(projection_dim: usize, seed: u64, priors: &[f64], dev: &De
     Ok(params::assign_ids(params::import(head, vals)?, 1 << 40))
 }
 
-/// The head's logits `[B, 18]` for L2-normalised embeddings `[B, P]`: the embeddings are first
-/// scaled by sqrt(P), so their components have unit scale (a unit vector's are ~1/sqrt(P), which
-/// would need weights sqrt(P) times larger, i.e. many more optimizer steps, to give the same logits).
+/// The head's logits `[B, 18]` for the L2-normalised embeddings `[B, P]` of a batch: each
+/// dimension is standardised over the batch first (mean 0, variance 1; no affine). A freshly
+/// initialised tower maps every input near one common direction (pairwise cosine ≈ 0.99), so the
+/// part that differs between volumes is ~0.1 of a unit vector; standardising hands that part to the
+/// head at unit scale, and the label gradient into the towers is not drowned by the common
+/// direction. Only used in training (the head is not exported), so nothing at inference depends on
+/// batch statistics. A batch of one gives the bias (the prior log-odds).
 pub fn label_logits(head: &Linear, emb: Tensor<2>) -> Tensor<2> {
-    let p = emb.dims()[1] as f64;
-    head.forward(emb.mul_scalar(p.sqrt()))
+    let mean = emb.clone().mean_dim(0);
+    let centered = emb - mean;
+    let var = centered.clone().powi_scalar(2).mean_dim(0);
+    head.forward(centered / var.add_scalar(1e-6).sqrt())
 }
 
 /// Mean binary cross-entropy of `logits` `[B, 18]` against 0/1 `targets`.

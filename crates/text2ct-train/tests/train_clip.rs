@@ -337,3 +337,16 @@ fn unquantized_vision_trains_and_exports_the_option() {
     let txt = text2ct_train::clip::embed_texts(&full, &tok, &texts, 3).unwrap();
     assert!(top1_recall(&txt, &vols) >= 0.5);
 }
+
+/// The phantom recipe parses, keeps its text2ct options through a TOML round trip, and uses the
+/// tokenizer's vocabulary.
+#[test]
+fn phantom_config_parses_with_its_options() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/train_clip_phantom.toml");
+    let c = ClipTrainConfig::from_toml_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    assert!(!c.model.vision_config.normalize_patches && !c.model.vision_config.quantize);
+    assert!(c.loss.label_weight > 0.0 && c.data.label_caption_prob > 0.0);
+    assert!((c.model.logit_scale_init_value - 100f64.ln()).abs() < 1e-3);
+    assert_eq!(c.model.text_config.vocab_size, 49408);
+    assert_eq!(ClipTrainConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap(), c);
+}

@@ -1426,14 +1426,18 @@ fn export_model(
         intended_use: e.intended_use.clone(),
         licence: Licence { code: e.licence_code.clone(), weights: e.licence_weights.clone() },
         provenance: format!(
-            "U-Net trained by text2ct train ldm (seed {}, {steps} optimizer steps, lr {} polynomial power {}); \
-             VAE copied from {}; text encoder copied from {}; scale_factor {scale_factor} = 1/std of the first \
-             training batch of latents, stored in unet.safetensors.",
+            "U-Net {} by text2ct train ldm (seed {}, {steps} optimizer steps, lr {} polynomial power {}); \
+             VAE copied from {}; text encoder copied from {}; scale_factor {scale_factor} {}, stored in unet.safetensors.",
+            cfg.init.as_ref().map_or("trained".to_string(), |i| format!("fine-tuned from {}", i.unet.display())),
             cfg.run.seed,
             cfg.optim.lr,
             cfg.schedule.power,
             cfg.vae.weights.display(),
-            cfg.text_encoder.weights.display()
+            cfg.text_encoder.weights.display(),
+            match &cfg.init {
+                Some(_) => "(kept from the [init] weights when they hold one, else 1/std of the first training batch)",
+                None => "= 1/std of the first training batch of latents",
+            }
         ),
         vae: NetworkRef { config: ConfigRef::File("vae_config.json".into()), weights: vae_w },
         unet: NetworkRef { config: ConfigRef::File("unet_config.json".into()), weights: "unet.safetensors".into() },

@@ -361,7 +361,7 @@ fn unnormalized_patches_keep_the_intensity_level() {
     let shifted = x.clone() + 0.2;
     let tokens = |clip: &Clip3d, x: Tensor<5>| {
         let v = &clip.vision.as_ref().unwrap().vision_model;
-        v.encode_tokens(v.patch_embed(x)).into_data().convert::<f32>().to_vec::<f32>().unwrap()
+        v.encode_tokens(v.patch_embed(x)).into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
     };
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let reference = Clip3d::load(&cfg, &dir.join("clip3d.pt"), &dev).unwrap();

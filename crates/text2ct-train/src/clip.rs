@@ -705,18 +705,18 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     Ok(())
 }
 
-/// In-batch top-1 accuracy (both directions averaged) of normalised embeddings.
 /// Cut a batch of padded token rows after the last row's first EOS. Exact: the text encoder is
 /// causal and pools at the first EOS, so nothing after it reaches the embedding; attention then
 /// costs what the longest text in the batch needs, not `max_position_embeddings`.
 pub fn trim_after_eos(mut ids: Vec<Vec<u32>>) -> Vec<Vec<u32>> {
-    let keep = text2ct_models::clip_text::eos_positions(&ids).into_iter().max().map_or(0, |p| p + 1);
+    let keep = text2ct_models::clip_text::eos_positions(&ids).into_iter().max().map_or(1, |p| p + 1);
     for r in &mut ids {
-        r.truncate(keep.max(1));
+        r.truncate(keep);
     }
     ids
 }
 
+/// In-batch top-1 accuracy (both directions averaged) of normalised embeddings.
 fn batch_accuracy(img: &[Vec<f32>], txt: &[Vec<f32>]) -> f64 {
     let b = img.len();
     if b == 0 {
@@ -781,13 +781,7 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     let mut model = canonical(Clip3d::new(&cfg.model, seed, &dev)?)?;
     let mut optim = adamw(&cfg.optim);
     let mut head = if label_weight > 0.0 {
-        let n = train_set.len().max(1) as f64;
-        let priors: Vec<f64> = (0..NUM_LABELS)
-            .map(|k| {
-                train_set.items.iter().filter(|it| it.entry.labels.get(k).is_some_and(|&v| v != 0)).count() as f64 / n
-            })
-            .collect();
-        Some(new_label_head(cfg.model.projection_dim, seed, &priors, &dev)?)
+        Some(new_label_head(cfg.model.projection_dim, seed, &train_set.prevalence(), &dev)?)
     } else {
         None
     };

@@ -62,6 +62,14 @@ impl VolumeSet {
         self.items.is_empty()
     }
 
+    /// Positives / volumes for each of the 18 labels (a missing entry counts as negative).
+    pub fn prevalence(&self) -> Vec<f64> {
+        let n = self.len().max(1) as f64;
+        (0..text2ct_data::labels::NUM_LABELS)
+            .map(|k| self.items.iter().filter(|it| it.entry.labels.get(k).is_some_and(|&v| v != 0)).count() as f64 / n)
+            .collect()
+    }
+
     /// Voxels of item `i` in [0, 1], tensor layout (z fastest), with its dims.
     pub fn read_unit(&self, i: usize) -> Result<(Vec<f32>, [usize; 3])> {
         let it = &self.items[i];

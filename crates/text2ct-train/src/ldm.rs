@@ -640,6 +640,15 @@ struct CacheInfo {
     text_weights_sha256: Option<String>,
 }
 
+/// A U-Net checkpoint with the trainer's parameter ids (so optimizer state maps across runs) and
+/// the scale factor it holds, if any.
+fn load_unet_for_training(cfg: &UnetConfig, path: &Path, dev: &Device) -> Result<(Unet, Option<f64>)> {
+    let ck = Unet::load_checkpoint(cfg, path, dev)?;
+    let mut u = ck.unet;
+    u.net = params::assign_ids(u.net, 0);
+    Ok((u, ck.scale_factor.map(f64::from)))
+}
+
 fn weights_sha256(path: &Path) -> Result<String> {
     text2ct_eval::fid::sha256_file(path).map_err(|e| TrainError::Data(format!("hashing {}: {e}", path.display())))
 }
@@ -1098,11 +1107,9 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
     let mut records = Vec::new();
     let mut scale_factor: Option<f64> = None;
     if let (Some(init), None) = (&cfg.init, &resumed_from) {
-        let ck = Unet::load_checkpoint(&cfg.model, &init.unet, &dev)?;
-        let mut u = ck.unet;
-        u.net = params::assign_ids(u.net, 0);
+        let (u, s) = load_unet_for_training(&cfg.model, &init.unet, &dev)?;
         unet = u;
-        scale_factor = ck.scale_factor.map(f64::from);
+        scale_factor = s;
         progress(ProgressEvent::Message(format!(
             "initialised from {} (scale factor {})",
             init.unet.display(),
@@ -1123,12 +1130,9 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
         if st.seed != seed {
             return Err(TrainError::ckpt(dir, format!("the checkpoint's seed is {}, the config's {seed}", st.seed)));
         }
-        let ck = Unet::load_checkpoint(&cfg.model, &dir.join("unet.safetensors"), &dev)?;
-        let mut u = ck.unet;
-        u.net = params::assign_ids(u.net, 0);
+        let (u, s) = load_unet_for_training(&cfg.model, &dir.join("unet.safetensors"), &dev)?;
         unet = u;
-        scale_factor =
-            Some(ck.scale_factor.ok_or_else(|| TrainError::ckpt(dir, "unet.safetensors has no scale_factor"))? as f64);
+        scale_factor = Some(s.ok_or_else(|| TrainError::ckpt(dir, "unet.safetensors has no scale_factor"))?);
         let p = dir.join("optim.bpk");
         optim = optim.load(&p).map_err(|e| rec_err(&p, e))?;
         order.state = st.loader;

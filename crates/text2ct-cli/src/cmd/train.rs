@@ -80,6 +80,14 @@ fn training_bar(prefix: &'static str, steps: usize) -> ProgressBar {
     pb
 }
 
+/// The first summary line of every training command.
+fn print_trained(done: usize, total: usize, session: usize, wall_s: f64, steps_per_s: f64, stopped_early: bool) {
+    println!(
+        "trained {done} / {total} steps ({session} this session in {wall_s:.0} s, {steps_per_s:.3} steps/s){}",
+        if stopped_early { ", stopped early" } else { "" }
+    );
+}
+
 fn on_start(pb: &ProgressBar, start_step: usize, resumed_from: Option<PathBuf>) {
     pb.set_position(start_step as u64);
     if let Some(p) = resumed_from {
@@ -112,15 +120,7 @@ fn vae(a: TrainArgs) -> Result<()> {
     };
     let s = text2ct_train::train_vae(&cfg, &mut on_event)?;
     pb.finish_and_clear();
-    println!(
-        "trained {} / {} steps ({} this session in {:.0} s, {:.3} steps/s){}",
-        s.steps_done,
-        s.total_steps,
-        s.session_steps,
-        s.session_wall_s,
-        s.steps_per_s,
-        if s.stopped_early { ", stopped early" } else { "" }
-    );
+    print_trained(s.steps_done, s.total_steps, s.session_steps, s.session_wall_s, s.steps_per_s, s.stopped_early);
     let l = &s.final_losses;
     println!(
         "final losses (mean of last 50 steps): total {:.4}  L1 {:.4}  KL {:.1}  perceptual {:.4}  G_adv {:.4}  D {:.4}",
@@ -157,15 +157,7 @@ fn ldm(a: TrainArgs) -> Result<()> {
     };
     let s = text2ct_train::train_ldm(&cfg, &mut on_event)?;
     pb.finish_and_clear();
-    println!(
-        "trained {} / {} steps ({} this session in {:.0} s, {:.3} steps/s){}",
-        s.steps_done,
-        s.total_steps,
-        s.session_steps,
-        s.session_wall_s,
-        s.steps_per_s,
-        if s.stopped_early { ", stopped early" } else { "" }
-    );
+    print_trained(s.steps_done, s.total_steps, s.session_steps, s.session_wall_s, s.steps_per_s, s.stopped_early);
     println!(
         "{:?} loss: first 50 steps {:.4}, last 50 steps {:.4}; scale_factor {:.6}; {} latents {:?}",
         s.objective, s.first_loss, s.final_loss, s.scale_factor, s.num_latents, s.latent_shape
@@ -197,15 +189,7 @@ fn clip(a: TrainArgs) -> Result<()> {
     };
     let s = train_clip(&cfg, &mut on_event)?;
     pb.finish_and_clear();
-    println!(
-        "trained {} / {} steps ({} this session in {:.0} s, {:.3} steps/s){}",
-        s.steps_done,
-        s.total_steps,
-        s.session_steps,
-        s.session_wall_s,
-        s.steps_per_s,
-        if s.stopped_early { ", stopped early" } else { "" }
-    );
+    print_trained(s.steps_done, s.total_steps, s.session_steps, s.session_wall_s, s.steps_per_s, s.stopped_early);
     println!(
         "final (mean of last 50 steps): InfoNCE {:.4} (chance ln B = {:.4}), in-batch top-1 {:.3}, logit_scale {:.3}",
         s.final_loss, s.chance_loss, s.final_batch_acc, s.logit_scale
@@ -238,15 +222,7 @@ fn classifier(a: TrainArgs) -> Result<()> {
     };
     let s = train(&cfg, &mut on_event)?;
     pb.finish_and_clear();
-    println!(
-        "trained {} / {} steps ({} this session in {:.0} s, {:.3} steps/s){}",
-        s.steps_done,
-        s.total_steps,
-        s.session_steps,
-        s.session_wall_s,
-        s.steps_per_s,
-        if s.stopped_early { ", stopped early" } else { "" }
-    );
+    print_trained(s.steps_done, s.total_steps, s.session_steps, s.session_wall_s, s.steps_per_s, s.stopped_early);
     println!(
         "weighted BCE: first 20 steps {:.4}, last 20 steps {:.4}; {} training volumes, input {:?}",
         s.first_loss, s.final_loss, s.n_train, s.input_size

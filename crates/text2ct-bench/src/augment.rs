@@ -214,6 +214,7 @@ impl AugmentStudyConfig {
                 resume: true,
                 max_wall_minutes: None,
                 eval_max_items: 0,
+                device: "cpu".to_string(),
             },
         }
     }

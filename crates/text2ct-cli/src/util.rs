@@ -8,6 +8,12 @@ use text2ct_io::dicom_io::read_dicom_series;
 use text2ct_io::nifti_io::read_nifti;
 use text2ct_io::{Limits, Volume};
 
+/// The compute device named by `--device` (`text2ct_models::device`: cpu, or wgpu[:N] in a
+/// `--features wgpu` build).
+pub fn device(name: &str) -> Result<text2ct_models::burn::tensor::Device> {
+    text2ct_models::device::parse(name).map_err(anyhow::Error::msg)
+}
+
 /// Parse "X,Y,Z" into three numbers.
 pub fn parse_triple<T: std::str::FromStr>(s: &str, what: &str) -> Result<[T; 3]> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();

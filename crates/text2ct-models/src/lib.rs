@@ -13,6 +13,7 @@
 //!   vector quantisation, the CLIP3D wrapper with strict checkpoint loading and the InfoNCE loss).
 //! - [`minilm`]: a BERT sentence encoder (all-MiniLM-L6-v2: `BertModel` + mean pooling + L2 normalise),
 //!   the text encoder never aligned with CT of the CLIP ablation.
+//! - [`device`]: choosing the compute device by name (`cpu`, `wgpu[:N]` in GPU builds).
 //! - [`unet`]: MONAI's `DiffusionModelUNetMaisi` (Text2CT's latent diffusion U-Net), with the
 //!   attention / transformer pieces in [`attention`].
 
@@ -22,6 +23,7 @@ pub mod clip3d;
 pub mod clip_text;
 pub mod ctnet;
 pub mod ctvit;
+pub mod device;
 pub mod error;
 pub mod interp;
 pub mod minilm;

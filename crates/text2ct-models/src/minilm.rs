@@ -129,9 +129,19 @@ impl MiniLmConfig {
         }
     }
 
+    /// Parse a Hugging Face `config.json`. Every field has BERT's default except that the file
+    /// must name `hidden_size`: sentence-transformers' `1_Pooling/config.json` (which an
+    /// `unzip -j` puts in its place) would otherwise pass as a 768-wide BERT.
     pub fn from_json_str(s: &str) -> Result<Self> {
-        let cfg: MiniLmConfig =
+        let raw: serde_json::Value =
             serde_json::from_str(s).map_err(|e| ModelError::Config(format!("BERT config: bad JSON: {e}")))?;
+        if raw.get("hidden_size").is_none() {
+            return Err(ModelError::Config(
+                "not a BERT config.json (no hidden_size); is it sentence-transformers' 1_Pooling/config.json?".into(),
+            ));
+        }
+        let cfg: MiniLmConfig =
+            serde_json::from_value(raw).map_err(|e| ModelError::Config(format!("BERT config: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }

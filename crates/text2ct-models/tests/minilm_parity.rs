@@ -133,11 +133,12 @@ fn configs_and_inputs_are_checked() {
     let real = MiniLmConfig::all_minilm_l6_v2();
     assert_eq!(real.output_dim(), 384);
     for (json, want) in [
-        (r#"{"model_type": "clip_text_model"}"#, "model_type"),
-        (r#"{"hidden_act": "relu"}"#, "hidden_act"),
-        (r#"{"position_embedding_type": "relative_key"}"#, "position_embedding_type"),
+        (r#"{"hidden_size": 384, "model_type": "clip_text_model"}"#, "model_type"),
+        (r#"{"hidden_size": 384, "hidden_act": "relu"}"#, "hidden_act"),
+        (r#"{"hidden_size": 384, "position_embedding_type": "relative_key"}"#, "position_embedding_type"),
         (r#"{"hidden_size": 30, "num_attention_heads": 4}"#, "multiple"),
-        (r#"{"hidden_size": "big"}"#, "bad JSON"),
+        (r#"{"hidden_size": "big"}"#, "invalid type"),
+        (r#"{"word_embedding_dimension": 384, "pooling_mode_mean_tokens": true}"#, "1_Pooling"),
         ("not json", "bad JSON"),
     ] {
         let e = MiniLmConfig::from_json_str(json).unwrap_err().to_string();

@@ -752,7 +752,7 @@ pub fn train_with(
     let prevalence = data.prevalence();
     let pos_weight = data.pos_weight(&cfg.loss);
 
-    let dev = Device::flex().autodiff();
+    let dev = cfg.run.device()?.autodiff();
     let mut net = CtNet::new(&ctcfg, seed, &dev)?.net;
     net.out.bias = Some(Param::from_tensor(Tensor::<1>::from_data(
         TensorData::new(prior_bias(&prevalence, &pos_weight), [NUM_LABELS]),

@@ -777,7 +777,7 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     let caption_prob = cfg.data.label_caption_prob;
     let label_weight = cfg.loss.label_weight;
 
-    let dev = Device::flex().autodiff();
+    let dev = cfg.run.device()?.autodiff();
     let mut model = canonical(Clip3d::new(&cfg.model, seed, &dev)?)?;
     let mut optim = adamw(&cfg.optim);
     let mut head = if label_weight > 0.0 {

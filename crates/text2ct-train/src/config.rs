@@ -216,6 +216,21 @@ pub struct RunConfig {
     /// Evaluate on at most this many held-out volumes; 0 means all. Default 0.
     #[serde(default)]
     pub eval_max_items: usize,
+    /// Compute device: "cpu" (default) or, in a `--features wgpu` build, "wgpu" / "wgpu:N"
+    /// (`text2ct_models::device`).
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_device() -> String {
+    "cpu".to_string()
+}
+
+impl RunConfig {
+    /// The `[run] device` (an error names the devices this build has).
+    pub fn device(&self) -> Result<burn::tensor::Device> {
+        text2ct_models::device::parse(&self.device).map_err(|e| TrainError::Config(format!("run.device: {e}")))
+    }
 }
 
 fn one() -> usize {

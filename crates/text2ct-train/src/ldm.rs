@@ -40,10 +40,11 @@
 //! (`{"unet_state_dict": ..., "scale_factor": ...}`): MONAI key names under the prefix
 //! `unet_state_dict.`, and a one-element float32 tensor `scale_factor` at the top level.
 //!
-//! **Devices.** Training runs on one device (burn's CPU backend `flex`). Data-parallel training
-//! over several devices is not wired: burn 0.22's multi-device gradient synchronisation is not
-//! used here, so `num_devices`-style options do not exist. Gradient accumulation gives the
-//! larger effective batches instead.
+//! **Devices.** Training runs on one device, `[run] device`: `cpu` (burn's `flex`, default) or,
+//! in a `--features wgpu` build, `wgpu[:N]` (a GPU; the caches are still built on the CPU).
+//! Data-parallel training over several devices is not wired: burn 0.22's multi-device gradient
+//! synchronisation is not used here, so `num_devices`-style options do not exist. Gradient
+//! accumulation gives the larger effective batches instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -1048,6 +1049,7 @@ fn mean_loss(records: &[StepRecord]) -> f64 {
 /// [`train_ldm`] with [`LdmTrainOptions`].
 pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Progress) -> Result<LdmSummary> {
     cfg.validate()?;
+    cfg.run.device()?; // a wrong device fails before the caches are built
     let session_start = Instant::now();
     let out = cfg.run.out_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
@@ -1094,7 +1096,7 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
     let d_ctx = cache.text_dim;
     let context_norm = if cfg.text_encoder.standardize { Some(context_stats(&cache)?) } else { None };
 
-    let dev = Device::flex().autodiff();
+    let dev = cfg.run.device()?.autodiff();
     let key_map = UnetKeyMap::new(&cfg.model)?;
     let mut unet = Unet::new_for_training(&cfg.model, seed, &dev)?;
     unet.net = params::assign_ids(unet.net, 0);

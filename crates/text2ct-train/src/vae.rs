@@ -321,7 +321,7 @@ pub fn train_vae_with(cfg: &VaeTrainConfig, opts: &TrainOptions, progress: Progr
         )));
     }
 
-    let dev = Device::flex().autodiff();
+    let dev = cfg.run.device()?.autodiff();
     let mut vae = Vae::new(&cfg.model, seed, &dev)?;
     vae.net = params::assign_ids(vae.net, VAE_ID_BASE);
     let mut disc = use_adv.then(|| {

@@ -17,11 +17,14 @@ use text2ct_eval::prompt_effects::{effects, phantom_findings, signatures, Findin
 use text2ct_generate::pipeline::{Pipeline, SampleOptions};
 use text2ct_io::preview::{render_planes, save_png, stack_horizontal, stack_vertical, Window};
 use text2ct_io::Volume;
-use text2ct_models::burn::tensor::Device;
 use text2ct_phantom::{make_report, sample_params, PhantomConfig};
 
 #[derive(clap::Args)]
 pub struct PromptEffectsArgs {
+    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+
     /// Model folder (model.json).
     #[arg(long)]
     pub model: PathBuf,
@@ -89,7 +92,7 @@ pub fn run(a: PromptEffectsArgs) -> Result<()> {
     if a.pairs == 0 {
         bail!("--pairs must be positive");
     }
-    let dev = Device::flex();
+    let dev = crate::util::device(&a.device)?;
     let dir = a.model.clone();
     let p = Pipeline::load(&dir, &dev).with_context(|| format!("loading the model {}", dir.display()))?;
     let mut opts = p.default_options();

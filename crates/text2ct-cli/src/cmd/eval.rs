@@ -58,10 +58,17 @@ pub struct ReportArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
+    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(clap::Args)]
 pub struct SweepArgs {
+    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+
     /// The model folder (model.json).
     #[arg(long)]
     pub model: PathBuf,
@@ -408,7 +415,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         pad_crop: a.pad_crop,
     };
     let pb = crate::util::progress(0, "sweep");
-    let rep = run_sweep(&cfg, &a.out, &Device::flex(), &mut |e| match e {
+    let rep = run_sweep(&cfg, &a.out, &crate::util::device(&a.device)?, &mut |e| match e {
         SweepEvent::Scale { w, index, total } => {
             pb.set_message(format!("w={w} {}/{total}", index + 1));
             pb.set_position(0);
@@ -445,7 +452,8 @@ fn run_report(a: ReportArgs) -> Result<()> {
     use text2ct_bench::report::{run_report, EvalConfig, ReportRun};
     let cfg = EvalConfig::from_file(&a.config)?;
     let run = ReportRun { config: &cfg, config_path: &a.config, command: std::env::args().collect(), out: &a.out };
-    let rep = run_report(&run, &Device::flex(), &mut |section, m| eprintln!("[{section}] {m}"))?;
+    let dev = crate::util::device(&a.device)?;
+    let rep = run_report(&run, &dev, &mut |section, m| eprintln!("[{section}] {m}"))?;
     for t in &rep.provenance.sections {
         println!("[{}] {:.1} s", t.section, t.seconds);
     }

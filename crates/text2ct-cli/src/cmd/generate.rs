@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use text2ct_generate::pipeline::Pipeline;
 use text2ct_generate::{jobs_for_prompt, jobs_from_csv, output, Shard};
-use text2ct_models::burn::prelude::{Device, Tensor, TensorData};
+use text2ct_models::burn::prelude::{Tensor, TensorData};
 use text2ct_models::NpyArray;
 
 use crate::util::parse_size;
@@ -62,7 +62,7 @@ pub struct GenerateArgs {
     /// CPU with 8 GiB use e.g. 32,32,16 for 512x512x128 outputs.
     #[arg(long)]
     pub decode_window: Option<String>,
-    /// Device: cpu (the pure-Rust flex backend; the only one in this build).
+    /// Device: cpu (the pure-Rust flex backend) or, in a `--features wgpu` build, wgpu / wgpu:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Regenerate volumes whose sidecar already exists (default: skip them, so a killed job
@@ -72,10 +72,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    let device = match a.device.as_str() {
-        "cpu" => Device::flex(),
-        other => bail!("device {other:?} is not available in this build (cpu only; GPU backends are build features)"),
-    };
+    let device = text2ct_models::device::parse(&a.device).map_err(anyhow::Error::msg)?;
     let model = match a.model.clone().or_else(|| std::env::var_os("TEXT2CT_MODEL").map(PathBuf::from)) {
         Some(m) => m,
         None => {

@@ -1,0 +1,76 @@
+//! Choosing the compute device by name (`--device`, `[run] device`).
+//!
+//! - `cpu`: burn's pure-Rust `flex` backend (SIMD + rayon). Always present; the default.
+//! - `wgpu`: the best adapter burn's `wgpu` backend finds (Vulkan on Linux, Metal on macOS, DX12
+//!   on Windows; a high-power GPU first, `CUBECL_WGPU_DEFAULT_DEVICE` overrides), `wgpu:N`: the
+//!   N-th discrete GPU. Only in builds with the cargo feature
+//!   `wgpu` (`cargo build --release --features wgpu`): it adds about 20 minutes to a clean
+//!   build, so the default build and CI leave it out.
+//!
+//! Unknown names and GPU names in a CPU-only build are errors that say how to get the device,
+//! never a silent fall-back to the CPU.
+
+use burn::tensor::Device;
+
+/// The device names this build accepts, for help texts and error messages.
+pub fn available() -> &'static str {
+    if cfg!(feature = "wgpu") {
+        "cpu, wgpu, wgpu:N"
+    } else {
+        "cpu (GPU: rebuild with --features wgpu)"
+    }
+}
+
+/// Parse a device name (see the module docs).
+pub fn parse(spec: &str) -> Result<Device, String> {
+    let s = spec.trim().to_ascii_lowercase();
+    match s.as_str() {
+        "cpu" | "flex" => return Ok(Device::flex()),
+        _ => {}
+    }
+    let index = match s.as_str() {
+        "wgpu" | "gpu" => return gpu(None, spec),
+        _ => s
+            .strip_prefix("wgpu:")
+            .or_else(|| s.strip_prefix("gpu:"))
+            .map(|n| n.parse::<usize>().map_err(|_| format!("device {spec:?}: {n:?} is not a GPU index")))
+            .transpose()?,
+    };
+    let Some(index) = index else {
+        return Err(format!("unknown device {spec:?}; this build has: {}", available()));
+    };
+    gpu(Some(index), spec)
+}
+
+#[cfg(feature = "wgpu")]
+fn gpu(index: Option<usize>, _spec: &str) -> Result<Device, String> {
+    use burn::tensor::DeviceKind;
+    Ok(Device::wgpu(index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu)))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn gpu(_index: Option<usize>, spec: &str) -> Result<Device, String> {
+    Err(format!(
+        "device {spec:?} needs a GPU build: `cargo build --release --features wgpu` (this build has: {})",
+        available()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_or_fail_clearly() {
+        assert!(parse("cpu").is_ok());
+        assert!(parse(" CPU ").is_ok());
+        let e = parse("tpu").unwrap_err();
+        assert!(e.contains("unknown device") && e.contains("cpu"), "{e}");
+        let e = parse("wgpu:x").unwrap_err();
+        assert!(e.contains("not a GPU index"), "{e}");
+        if !cfg!(feature = "wgpu") {
+            let e = parse("wgpu:1").unwrap_err();
+            assert!(e.contains("--features wgpu"), "{e}");
+        }
+    }
+}

@@ -1204,7 +1204,7 @@ mod tests {
     fn the_phantom_config_parses_and_the_sweep_inherits_fid() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/eval_phantom.toml");
         let c = EvalConfig::from_file(&p).unwrap();
-        assert_eq!(c.sections(), vec!["fid", "factual", "clip", "sweep", "augmentation"]);
+        assert_eq!(c.sections(), vec!["fid", "factual", "clip", "ablation", "sweep", "augmentation"]);
         let sw = c.sweep.unwrap();
         assert_eq!(sw.config.real, PathBuf::from("/tmp/s2/ph_valid"));
         assert_eq!(sw.config.guidance, crate::sweep::PAPER_GUIDANCE.to_vec());

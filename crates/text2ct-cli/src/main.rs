@@ -51,6 +51,8 @@ enum Command {
     Text(cmd::text::TextArgs),
     /// The latent diffusion U-Net (MONAI DiffusionModelUNetMaisi): one forward pass on .npy inputs.
     Unet(cmd::unet::UnetArgs),
+    /// Check a compute device (e.g. a GPU backend) against the CPU backend, op by op, at growing sizes.
+    DeviceCheck(cmd::device::DeviceCheckArgs),
     /// Train a model from a TOML config (`text2ct train vae --config configs/train_vae_phantom.toml`).
     #[command(subcommand)]
     Train(cmd::train::TrainCommand),
@@ -80,6 +82,7 @@ fn main() {
         Command::Text(a) => cmd::text::run(a),
         Command::Unet(a) => cmd::unet::run(a),
         Command::Train(c) => cmd::train::run(c),
+        Command::DeviceCheck(a) => cmd::device::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -38,6 +38,10 @@ pub struct Sidecar {
     pub orientation: String,
     pub files: Vec<String>,
     pub timings_s: Timings,
+    /// The compute device the volume was generated on (burn's name for it; results on different
+    /// devices agree to float rounding, not bit for bit). Empty in sidecars from before 0.1.
+    #[serde(default)]
+    pub device: String,
     pub text2ct_version: String,
     pub note: String,
 }
@@ -136,6 +140,7 @@ mod tests {
             orientation: vol.orientation(),
             files: vec![],
             timings_s: Timings::default(),
+            device: "cpu".into(),
             text2ct_version: "0".into(),
             note: String::new(),
         };

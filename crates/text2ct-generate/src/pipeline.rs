@@ -425,6 +425,7 @@ impl Pipeline {
             orientation: vol.orientation(),
             files: vec![],
             timings_s: g.timings,
+            device: format!("{:?}", self.device),
             text2ct_version: env!("CARGO_PKG_VERSION").into(),
             note: format!("scale factor from {}; trained on: {}", self.scale_factor_source, self.card.trained_on),
         };

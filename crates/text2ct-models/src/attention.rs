@@ -228,7 +228,7 @@ impl SpatialTransformer {
     /// `x` `[B, C, H, W, D]` → same shape.
     pub fn forward(&self, x: Tensor<5>, context: Option<&Tensor<3>>) -> Tensor<5> {
         let [b, _, h, w, d] = x.dims();
-        let y = self.proj_in.forward(self.norm.forward(x.clone()));
+        let y = self.proj_in.forward(crate::blocks::group_norm_forward(&self.norm, x.clone()));
         let inner = y.dims()[1];
         let mut t: Tensor<3> = y.permute([0, 2, 3, 4, 1]).reshape([b, h * w * d, inner]);
         for blk in &self.transformer_blocks {

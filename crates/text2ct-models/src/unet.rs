@@ -33,7 +33,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::attention::{linear, SpatialTransformer};
-use crate::blocks::{conv3d, group_norm, param, InitSource, ParamKind, ParamSource, StateDictSource};
+use crate::blocks::{conv3d, group_norm, group_norm_forward, param, InitSource, ParamKind, ParamSource, StateDictSource};
 use crate::error::{ModelError, Result};
 use crate::interp::repeat_nearest;
 use crate::weights::StateDict;
@@ -463,7 +463,7 @@ impl UnetResBlock {
 
     /// `x` `[B, cin, ...]`, `emb_silu` = `SiLU(emb)` `[B, temb]`.
     pub fn forward(&self, x: Tensor<5>, emb_silu: &Tensor<2>) -> Tensor<5> {
-        let h = silu(self.norm1.forward(x.clone()));
+        let h = silu(group_norm_forward(&self.norm1, x.clone()));
         let (x, h) = if self.up {
             (repeat_nearest(x, [2, 2, 2]), repeat_nearest(h, [2, 2, 2]))
         } else if self.down {
@@ -475,7 +475,7 @@ impl UnetResBlock {
         let t = self.time_emb_proj.forward(emb_silu.clone());
         let [b, c] = t.dims();
         let h = h + t.reshape([b, c, 1, 1, 1]);
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(silu(group_norm_forward(&self.norm2, h)));
         let skip = match &self.skip_connection {
             Some(s) => s.forward(x),
             None => x,
@@ -882,7 +882,7 @@ impl UnetNet {
                 h = u.forward(h, &emb);
             }
         }
-        self.out_conv.forward(silu(self.out_norm.forward(h)))
+        self.out_conv.forward(silu(group_norm_forward(&self.out_norm, h)))
     }
 
     /// `forward(x, t, context, class_labels, spacing)` → `[B, out_channels, X, Y, Z]`, the

@@ -286,7 +286,7 @@ impl Encoder {
             }
         }
         // No SiLU here: MONAI's MaisiEncoder goes straight from the GroupNorm to the conv.
-        self.conv_out.forward(self.norm_out.forward(h))
+        self.conv_out.forward(crate::blocks::group_norm_forward(&self.norm_out, h))
     }
 }
 
@@ -347,7 +347,7 @@ impl Decoder {
                 h = u.forward(h);
             }
         }
-        self.conv_out.forward(self.norm_out.forward(h))
+        self.conv_out.forward(crate::blocks::group_norm_forward(&self.norm_out, h))
     }
 }
 

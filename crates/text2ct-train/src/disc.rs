@@ -49,7 +49,7 @@ impl PatchDiscriminator {
         for s in &self.stages {
             h = s.conv.forward(h);
             if let Some(n) = &s.norm {
-                h = n.forward(h);
+                h = text2ct_models::blocks::group_norm_forward(n, h);
             }
             h = leaky_relu(h, 0.2);
         }

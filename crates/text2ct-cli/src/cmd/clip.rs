@@ -82,6 +82,9 @@ pub struct EmbedTextArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,6 +101,9 @@ pub struct EmbedVolumeArgs {
     /// Output .npy float32 [N, projection_dim].
     #[arg(long)]
     pub output: PathBuf,
+    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub fn run(args: ClipArgs) -> anyhow::Result<()> {
@@ -200,7 +206,7 @@ fn embed_text(a: EmbedTextArgs) -> anyhow::Result<()> {
     }
     let (ids, texts) = read_texts(a.text.as_deref(), a.reports.as_deref())?;
     let cfg = Clip3dConfig::from_json_file(&a.config)?;
-    let device = Device::flex();
+    let device = crate::util::device(&a.device)?;
     let t0 = Instant::now();
     let clip = Clip3d::load_text_only(&cfg, &a.weights, &device)?;
     eprintln!("loaded the CLIP text encoder from {} in {:.1} s", a.weights.display(), t0.elapsed().as_secs_f64());
@@ -273,7 +279,7 @@ fn check_dims(cfg: &Clip3dConfig, dims: [usize; 3], what: &str) -> anyhow::Resul
 fn embed_volume(a: EmbedVolumeArgs) -> anyhow::Result<()> {
     check_output(&a.output)?;
     let cfg = Clip3dConfig::from_json_file(&a.config)?;
-    let device = Device::flex();
+    let device = crate::util::device(&a.device)?;
     let hwd = cfg.vision_config.input_layout != "DHW";
     let name = a.input.to_string_lossy().to_lowercase();
     // Inputs first (cheap checks before loading ~3 GB of weights).

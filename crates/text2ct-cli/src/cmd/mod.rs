@@ -2,6 +2,7 @@
 
 pub mod clip;
 pub mod demo;
+pub mod device;
 pub mod effects;
 pub mod eval;
 pub mod generate;

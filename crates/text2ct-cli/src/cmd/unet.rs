@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use text2ct_models::burn::tensor::{Device, Int, Tensor, TensorData};
+use text2ct_models::burn::tensor::{Int, Tensor, TensorData};
 use text2ct_models::{NpyArray, Unet, UnetCond, UnetConfig};
 
 #[derive(clap::Args, Debug)]
@@ -60,6 +60,9 @@ pub struct ForwardArgs {
     /// Output .npy float32 [B,out_channels,X,Y,Z].
     #[arg(long)]
     pub output: PathBuf,
+    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub fn run(args: UnetArgs) -> anyhow::Result<()> {
@@ -81,7 +84,7 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
         bail!("--output must be a .npy file, got {}", a.output.display());
     }
     let cfg = UnetConfig::from_json_file(&a.config).context("reading the U-Net config")?;
-    let device = Device::flex();
+    let device = crate::util::device(&a.device)?;
 
     let xa = read(&a.x, "--x")?;
     let xs: [usize; 5] =

@@ -61,6 +61,9 @@ pub struct EncodeArgs {
     /// Seed of eps for --sample.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +89,9 @@ pub struct DecodeArgs {
     /// Voxel spacing in mm of the NIfTI output, X,Y,Z.
     #[arg(long, value_delimiter = ',', default_values_t = [0.75, 0.75, 1.5])]
     pub spacing: Vec<f64>,
+    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,7 +156,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     if !is_npy(&a.output) {
         bail!("--output must be a .npy file, got {}", a.output.display());
     }
-    let device = Device::flex();
+    let device = crate::util::device(&a.device)?;
     let x = if is_npy(&a.input) {
         let arr = NpyArray::read(&a.input)?;
         to_tensor(arr, "input volume", &a.input, &device)?
@@ -207,7 +213,7 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&a.overlap) {
         bail!("--overlap must be in [0, 1), got {}", a.overlap);
     }
-    let device = Device::flex();
+    let device = crate::util::device(&a.device)?;
     let arr = NpyArray::read(&a.input)?;
     let z = to_tensor(arr, "latent", &a.input, &device)?;
     let vae = load_vae(&a.config, &a.weights, &device)?;

@@ -300,6 +300,7 @@ pub const BACKBONE_NAMES: &[&str] = &[
     "medicalnet-resnet18",
     "medicalnet-resnet34",
     "medicalnet-resnet50",
+    "astra-resnet152",
     "ctnet",
 ];
 
@@ -323,6 +324,8 @@ pub struct BackboneInfo {
 pub enum Backbone {
     ResNet2d(ResNet2d),
     ResNet3d(ResNet3d),
+    /// Astra / Merlin's CT-pretrained I3ResNet-152 (a 3D ResNet with its own input convention).
+    Astra(ResNet3d),
     CtNet(CtNet),
 }
 
@@ -445,6 +448,20 @@ pub fn load_backbone(
                 let dim = m.feature_dim();
                 let v = serde_json::to_value(&m.config).unwrap_or_default();
                 (Backbone::ResNet3d(m), "medicalnet", "3d", v, dim)
+            }
+            "astra-resnet152" => {
+                let c: ResNet3dConfig = match &cfg_json {
+                    Some(v) => serde_json::from_value(parse(v)?)
+                        .map_err(|e| FidError::Input(format!("backbone config: {e}")))?,
+                    None => ResNet3dConfig::astra_resnet152(),
+                };
+                if c.in_channels != 3 {
+                    return input("astra-resnet152 takes 3 input channels (the volume repeated)");
+                }
+                let m = ResNet3d::load(&c, weights, dev)?;
+                let dim = m.feature_dim();
+                let v = serde_json::to_value(&m.config).unwrap_or_default();
+                (Backbone::Astra(m), "astra-merlin", "3d", v, dim)
             }
             "ctnet" => {
                 let c: CtNetConfig = match &cfg_json {
@@ -609,6 +626,15 @@ pub fn features_3d(
                 // x-fastest data is row-major [Z, Y, X]; MedicalNet reads nibabel's (X, Y, Z) as (D, H, W).
                 let t = Tensor::<5>::from_data(TensorData::new(v, [1, 1, z, y, x]), &dev).permute([0, 1, 4, 3, 2]);
                 to_vec2(m.features(t)?)?
+            }
+            Backbone::Astra(m) => {
+                let dev = m.net.conv1.weight.val().device();
+                let (data, [x, y, z]) = prepare_hu(&vol, size)?;
+                // Astra's chest window: HU -1000..200 -> 0..1, clipped (its ScaleIntensityRange).
+                let v: Vec<f32> = data.iter().map(|h| ((h + 1000.0) / 1200.0).clamp(0.0, 1.0)).collect();
+                // x-fastest data is row-major [Z, Y, X]; [B, 1, X, Y, Z] as the package's input.
+                let t = Tensor::<5>::from_data(TensorData::new(v, [1, 1, z, y, x]), &dev).permute([0, 1, 4, 3, 2]);
+                to_vec2(m.features(text2ct_models::resnet3d::astra_input(t))?)?
             }
             Backbone::CtNet(m) => {
                 let c = &m.config;
@@ -822,6 +848,14 @@ pub fn fid_3d(
             scaling: "hu / 1000 (clipped to [-1, 1])".into(),
             axes: "[1, 1, X, Y, Z] (nibabel array order, as MedicalNet reads volumes)".into(),
         },
+        Backbone::Astra(_) => Protocol3d {
+            size,
+            hu_clip: [-1000.0, 200.0],
+            pad_value: -1000.0,
+            orientation: "RAS".into(),
+            scaling: "(clip(hu, -1000, 200) + 1000) / 1200 (Astra's chest window)".into(),
+            axes: "[1, 3, Z, X, Y] (the volume repeated in 3 channels, as I3ResNet.forward)".into(),
+        },
         Backbone::CtNet(m) => Protocol3d {
             size: Some(size.unwrap_or([m.config.size[1], m.config.size[0], m.config.n_slices])),
             hu_clip: m.config.hu_window,
@@ -835,7 +869,7 @@ pub fn fid_3d(
         },
         Backbone::ResNet2d(_) => {
             return input(format!(
-                "the 3D FID needs a 3D backbone (medicalnet-resnet*, ctnet), not {}",
+                "the 3D FID needs a 3D backbone (medicalnet-resnet*, astra-resnet152, ctnet), not {}",
                 backbone.info.name
             ))
         }

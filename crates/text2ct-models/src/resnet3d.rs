@@ -142,19 +142,12 @@ impl ResNet3dConfig {
     /// global average pooling. Its input is [`astra_input`] of a `[B, 1, X, Y, Z]` volume.
     pub fn astra_resnet152() -> Self {
         ResNet3dConfig {
-            block: BlockKind::Bottleneck,
-            layers: [3, 8, 36, 3],
-            widths: [64, 128, 256, 512],
-            stem_width: 64,
             in_channels: 3,
             conv1_kernel: [3, 7, 7],
             conv1_stride: [1, 2, 2],
-            no_max_pool: false,
             layer_strides: [1, 2, 2, 2],
             layer_dilations: [1; 4],
-            shortcut_type: Shortcut::B,
-            bias_downsample: false,
-            num_classes: None,
+            ..Self::medicalnet(152).expect("152 is a known depth")
         }
     }
 

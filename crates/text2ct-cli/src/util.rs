@@ -14,6 +14,20 @@ pub fn device(name: &str) -> Result<text2ct_models::burn::tensor::Device> {
     text2ct_models::device::parse(name).map_err(anyhow::Error::msg)
 }
 
+/// `--device`, shared by every command that runs networks (`#[command(flatten)]`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArg {
+    /// Device: cpu (burn's pure-Rust flex backend), or wgpu / wgpu:N in a `--features wgpu` build.
+    #[arg(long = "device", default_value = "cpu")]
+    pub name: String,
+}
+
+impl DeviceArg {
+    pub fn get(&self) -> Result<text2ct_models::burn::tensor::Device> {
+        device(&self.name)
+    }
+}
+
 /// Parse "X,Y,Z" into three numbers.
 pub fn parse_triple<T: std::str::FromStr>(s: &str, what: &str) -> Result<[T; 3]> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();

@@ -415,74 +415,60 @@ pub fn load_backbone(
     };
     let parse = |v: &serde_json::Value| -> FidResult<_> { Ok(v.clone()) };
     let sha = sha256_file(weights)?;
-    let (model, layout, kind, cfg_value, dim) =
-        match name {
-            "resnet50-2d" | "resnet18-2d" => {
-                let base = if name == "resnet50-2d" { ResNet2dConfig::resnet50() } else { ResNet2dConfig::resnet18() };
-                let m = match &cfg_json {
-                    Some(v) => {
-                        let c: ResNet2dConfig = serde_json::from_value(parse(v)?)
-                            .map_err(|e| FidError::Input(format!("backbone config: {e}")))?;
-                        ResNet2d::load(&c, weights, dev)?
-                    }
-                    None => ResNet2d::load_auto(&base, weights, dev)?,
-                };
-                let layout = if m.config.conv_bias { "radimagenet" } else { "torchvision" };
-                let dim = m.feature_dim();
-                let v = serde_json::to_value(&m.config).unwrap_or_default();
-                (Backbone::ResNet2d(m), layout, "2d", v, dim)
-            }
-            n if n.starts_with("medicalnet-resnet") => {
-                let depth: usize = n["medicalnet-resnet".len()..]
-                    .parse()
-                    .map_err(|_| FidError::Input(format!("unknown backbone {n:?}")))?;
-                if ![10, 18, 34, 50].contains(&depth) {
-                    return input(format!("unknown backbone {n:?} (medicalnet-resnet10/18/34/50)"));
+    let (model, layout, kind, cfg_value, dim) = match name {
+        "resnet50-2d" | "resnet18-2d" => {
+            let base = if name == "resnet50-2d" { ResNet2dConfig::resnet50() } else { ResNet2dConfig::resnet18() };
+            let m = match &cfg_json {
+                Some(v) => {
+                    let c: ResNet2dConfig = serde_json::from_value(parse(v)?)
+                        .map_err(|e| FidError::Input(format!("backbone config: {e}")))?;
+                    ResNet2d::load(&c, weights, dev)?
                 }
-                let c: ResNet3dConfig = match &cfg_json {
-                    Some(v) => serde_json::from_value(parse(v)?)
-                        .map_err(|e| FidError::Input(format!("backbone config: {e}")))?,
-                    None => ResNet3dConfig::medicalnet(depth)?,
-                };
-                let m = ResNet3d::load(&c, weights, dev)?;
-                let dim = m.feature_dim();
-                let v = serde_json::to_value(&m.config).unwrap_or_default();
-                (Backbone::ResNet3d(m), "medicalnet", "3d", v, dim)
+                None => ResNet2d::load_auto(&base, weights, dev)?,
+            };
+            let layout = if m.config.conv_bias { "radimagenet" } else { "torchvision" };
+            let dim = m.feature_dim();
+            let v = serde_json::to_value(&m.config).unwrap_or_default();
+            (Backbone::ResNet2d(m), layout, "2d", v, dim)
+        }
+        n if n.starts_with("medicalnet-resnet") => {
+            let depth: usize = n["medicalnet-resnet".len()..]
+                .parse()
+                .map_err(|_| FidError::Input(format!("unknown backbone {n:?}")))?;
+            if ![10, 18, 34, 50].contains(&depth) {
+                return input(format!("unknown backbone {n:?} (medicalnet-resnet10/18/34/50)"));
             }
-            "astra-resnet152" => {
-                let c: ResNet3dConfig = match &cfg_json {
-                    Some(v) => serde_json::from_value(parse(v)?)
-                        .map_err(|e| FidError::Input(format!("backbone config: {e}")))?,
-                    None => ResNet3dConfig::astra_resnet152(),
-                };
-                if c.in_channels != 3 {
-                    return input("astra-resnet152 takes 3 input channels (the volume repeated)");
+            let (m, v, dim) = load_resnet3d(cfg_json.as_ref(), ResNet3dConfig::medicalnet(depth)?, weights, dev)?;
+            (Backbone::ResNet3d(m), "medicalnet", "3d", v, dim)
+        }
+        "astra-resnet152" => {
+            let (m, v, dim) = load_resnet3d(cfg_json.as_ref(), ResNet3dConfig::astra_resnet152(), weights, dev)?;
+            if m.config.in_channels != 3 {
+                return input("astra-resnet152 takes 3 input channels (the volume repeated)");
+            }
+            (Backbone::Astra(m), "astra-merlin", "3d", v, dim)
+        }
+        "ctnet" => {
+            let c: CtNetConfig = match &cfg_json {
+                Some(v) => {
+                    serde_json::from_value(parse(v)?).map_err(|e| FidError::Input(format!("backbone config: {e}")))?
                 }
-                let m = ResNet3d::load(&c, weights, dev)?;
-                let dim = m.feature_dim();
-                let v = serde_json::to_value(&m.config).unwrap_or_default();
-                (Backbone::Astra(m), "astra-merlin", "3d", v, dim)
-            }
-            "ctnet" => {
-                let c: CtNetConfig = match &cfg_json {
-                    Some(v) => serde_json::from_value(parse(v)?)
-                        .map_err(|e| FidError::Input(format!("backbone config: {e}")))?,
-                    None => {
-                        let Some(size) = ctnet_size else {
-                            return input("ctnet needs the in-plane size: give --size X,Y,Z or a --backbone-config");
-                        };
-                        let sd = StateDict::read(weights)?
-                            .select_by_anchor(text2ct_models::ctnet::CTNET_ANCHOR_KEY, weights)?;
-                        infer_ctnet_config(&sd, size, weights)?
-                    }
-                };
-                let m = CtNet::load(&c, weights, dev)?;
-                let dim = m.feature_dim();
-                let v = serde_json::to_value(&m.config).unwrap_or_default();
-                (Backbone::CtNet(m), "ct-net-models", "3d", v, dim)
-            }
-            other => return input(format!("unknown backbone {other:?}; known: {}", BACKBONE_NAMES.join(", "))),
-        };
+                None => {
+                    let Some(size) = ctnet_size else {
+                        return input("ctnet needs the in-plane size: give --size X,Y,Z or a --backbone-config");
+                    };
+                    let sd =
+                        StateDict::read(weights)?.select_by_anchor(text2ct_models::ctnet::CTNET_ANCHOR_KEY, weights)?;
+                    infer_ctnet_config(&sd, size, weights)?
+                }
+            };
+            let m = CtNet::load(&c, weights, dev)?;
+            let dim = m.feature_dim();
+            let v = serde_json::to_value(&m.config).unwrap_or_default();
+            (Backbone::CtNet(m), "ct-net-models", "3d", v, dim)
+        }
+        other => return input(format!("unknown backbone {other:?}; known: {}", BACKBONE_NAMES.join(", "))),
+    };
     Ok(LoadedBackbone {
         info: BackboneInfo {
             name: name.to_string(),
@@ -619,21 +605,11 @@ pub fn features_3d(
         let vol = set.load(i)?;
         check_volume(vol.dims(), set.id(i))?;
         let f = match model {
-            Backbone::ResNet3d(m) => {
-                let dev = m.net.conv1.weight.val().device();
-                let (data, [x, y, z]) = prepare_hu(&vol, size)?;
-                let v: Vec<f32> = data.iter().map(|h| h / 1000.0).collect();
-                // x-fastest data is row-major [Z, Y, X]; MedicalNet reads nibabel's (X, Y, Z) as (D, H, W).
-                let t = Tensor::<5>::from_data(TensorData::new(v, [1, 1, z, y, x]), &dev).permute([0, 1, 4, 3, 2]);
-                to_vec2(m.features(t)?)?
-            }
+            // MedicalNet reads nibabel's (X, Y, Z) as (D, H, W).
+            Backbone::ResNet3d(m) => to_vec2(m.features(volume_xyz(m, &vol, size, |h| h / 1000.0)?)?)?,
+            // Astra's chest window: HU -1000..200 -> 0..1, clipped (its ScaleIntensityRange).
             Backbone::Astra(m) => {
-                let dev = m.net.conv1.weight.val().device();
-                let (data, [x, y, z]) = prepare_hu(&vol, size)?;
-                // Astra's chest window: HU -1000..200 -> 0..1, clipped (its ScaleIntensityRange).
-                let v: Vec<f32> = data.iter().map(|h| ((h + 1000.0) / 1200.0).clamp(0.0, 1.0)).collect();
-                // x-fastest data is row-major [Z, Y, X]; [B, 1, X, Y, Z] as the package's input.
-                let t = Tensor::<5>::from_data(TensorData::new(v, [1, 1, z, y, x]), &dev).permute([0, 1, 4, 3, 2]);
+                let t = volume_xyz(m, &vol, size, |h| ((h + 1000.0) / 1200.0).clamp(0.0, 1.0))?;
                 to_vec2(m.features(text2ct_models::resnet3d::astra_input(t))?)?
             }
             Backbone::CtNet(m) => {
@@ -828,6 +804,39 @@ pub fn fid_25d(
         planes,
         fid,
     })
+}
+
+/// A 3D ResNet from `--backbone-config` JSON when given, else from `preset`, with its serialised
+/// config and feature size.
+fn load_resnet3d(
+    cfg_json: Option<&serde_json::Value>,
+    preset: ResNet3dConfig,
+    weights: &Path,
+    dev: &Device,
+) -> FidResult<(ResNet3d, serde_json::Value, usize)> {
+    let c: ResNet3dConfig = match cfg_json {
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| FidError::Input(format!("backbone config: {e}")))?,
+        None => preset,
+    };
+    let m = ResNet3d::load(&c, weights, dev)?;
+    let dim = m.feature_dim();
+    let v = serde_json::to_value(&m.config).unwrap_or_default();
+    Ok((m, v, dim))
+}
+
+/// A volume on the common grid as a `[1, 1, X, Y, Z]` tensor on `m`'s device (nibabel's axis
+/// order), each HU value mapped by `scale`.
+fn volume_xyz(
+    m: &ResNet3d,
+    vol: &text2ct_io::Volume,
+    size: Option<[usize; 3]>,
+    scale: impl Fn(f32) -> f32,
+) -> FidResult<Tensor<5>> {
+    let dev = m.net.conv1.weight.val().device();
+    let (data, [x, y, z]) = prepare_hu(vol, size)?;
+    let v: Vec<f32> = data.iter().map(|&h| scale(h)).collect();
+    // x-fastest data is row-major [Z, Y, X].
+    Ok(Tensor::<5>::from_data(TensorData::new(v, [1, 1, z, y, x]), &dev).permute([0, 1, 4, 3, 2]))
 }
 
 /// The 3D FID between two sets (whole volumes through a 3D backbone).

@@ -191,12 +191,11 @@ fn staged_mean(x: Tensor<3>) -> Tensor<3> {
     if n <= MAX_REDUCTION {
         return x.mean_dim(2);
     }
-    if let Some(c) = (n.div_ceil(MAX_REDUCTION)..=n).find(|&k| n % k == 0 && n / k <= MAX_REDUCTION) {
-        if c <= MAX_REDUCTION {
-            // c equal chunks of n / c: the mean of the chunk means is the mean.
-            let m = x.reshape([b, g, c, n / c]).mean_dim(3).reshape([b, g, c]);
-            return m.mean_dim(2);
-        }
+    // c equal chunks of n / c (both at most MAX_REDUCTION since c >= n / MAX_REDUCTION): the mean
+    // of the chunk means is the mean.
+    if let Some(c) = (n.div_ceil(MAX_REDUCTION)..=MAX_REDUCTION).find(|&k| n % k == 0) {
+        let m = x.reshape([b, g, c, n / c]).mean_dim(3).reshape([b, g, c]);
+        return m.mean_dim(2);
     }
     let chunks = n.div_ceil(MAX_REDUCTION);
     let pad = chunks * MAX_REDUCTION - n;

@@ -25,21 +25,16 @@ pub fn available() -> &'static str {
 pub fn parse(spec: &str) -> Result<Device, String> {
     let s = spec.trim().to_ascii_lowercase();
     match s.as_str() {
-        "cpu" | "flex" => return Ok(Device::flex()),
-        _ => {}
+        "cpu" | "flex" => Ok(Device::flex()),
+        "wgpu" | "gpu" => gpu(None, spec),
+        _ => match s.strip_prefix("wgpu:").or_else(|| s.strip_prefix("gpu:")) {
+            Some(n) => {
+                let index = n.parse::<usize>().map_err(|_| format!("device {spec:?}: {n:?} is not a GPU index"))?;
+                gpu(Some(index), spec)
+            }
+            None => Err(format!("unknown device {spec:?}; this build has: {}", available())),
+        },
     }
-    let index = match s.as_str() {
-        "wgpu" | "gpu" => return gpu(None, spec),
-        _ => s
-            .strip_prefix("wgpu:")
-            .or_else(|| s.strip_prefix("gpu:"))
-            .map(|n| n.parse::<usize>().map_err(|_| format!("device {spec:?}: {n:?} is not a GPU index")))
-            .transpose()?,
-    };
-    let Some(index) = index else {
-        return Err(format!("unknown device {spec:?}; this build has: {}", available()));
-    };
-    gpu(Some(index), spec)
 }
 
 #[cfg(feature = "wgpu")]

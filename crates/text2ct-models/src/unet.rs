@@ -33,7 +33,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::attention::{linear, SpatialTransformer};
-use crate::blocks::{conv3d, group_norm, group_norm_forward, param, InitSource, ParamKind, ParamSource, StateDictSource};
+use crate::blocks::{
+    conv3d, group_norm, group_norm_forward, param, InitSource, ParamKind, ParamSource, StateDictSource,
+};
 use crate::error::{ModelError, Result};
 use crate::interp::repeat_nearest;
 use crate::weights::StateDict;

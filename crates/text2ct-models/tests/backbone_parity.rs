@@ -125,7 +125,7 @@ fn full_width_backbones_match_reference() {
 /// (`[B, 1, X, Y, Z]` permuted to `(Z, X, Y)`, three channels), global-average-pooled features.
 #[test]
 fn astra_backbone_matches_the_package() {
-    use text2ct_models::resnet3d::{astra_input, ResNet3d, ResNet3dConfig};
+    use text2ct_models::resnet3d::ResNet3dConfig;
     let dir = fixtures();
     let case: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("astra_case.json")).unwrap()).unwrap();
@@ -137,17 +137,14 @@ fn astra_backbone_matches_the_package() {
         (cfg.conv1_kernel, cfg.conv1_stride, cfg.layer_strides, cfg.in_channels, cfg.shortcut_type)
     );
     assert_eq!((full.layers, full.feature_dim()), ([3, 8, 36, 3], 2048));
-    let dev = Device::flex();
-    let m = ResNet3d::load(&cfg, &dir.join(case["weights"].as_str().unwrap()), &dev).expect("strict load");
-    let io = read_io(&dir.join(case["io"].as_str().unwrap()));
-    let s = io.input.0.clone();
-    let x = Tensor::<5>::from_data(TensorData::new(io.input.1.clone(), [s[0], s[1], s[2], s[3], s[4]]), &dev);
-    let got = to_vec(m.features(astra_input(x)).unwrap());
-    let (rel, max) = compare(&got, &io.features);
-    eprintln!("astra_small: features rel L2 {rel:.2e}, max abs {max:.2e}");
-    assert!(rel < 1e-4, "astra features rel L2 {rel:.2e}");
+    let m = astra_parity(
+        "astra_small",
+        &cfg,
+        &dir.join(case["weights"].as_str().unwrap()),
+        &dir.join(case["io"].as_str().unwrap()),
+    );
     // A plain one-channel volume is refused with the expected input named.
-    let one = Tensor::<5>::zeros([1, 1, 8, 8, 8], &dev);
+    let one = Tensor::<5>::zeros([1, 1, 8, 8, 8], &Device::flex());
     let e = m.features(one).unwrap_err().to_string();
     assert!(e.contains("[B>=1, 3, D, H, W]"), "{e}");
 }
@@ -159,19 +156,33 @@ fn astra_backbone_matches_the_package() {
 #[test]
 #[ignore]
 fn astra_released_weights_match_the_package() {
-    use text2ct_models::resnet3d::{astra_input, ResNet3d, ResNet3dConfig};
+    use text2ct_models::resnet3d::ResNet3dConfig;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/astra_full");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("weights.json")).expect("run gen_astra_fixture.py --full"))
-            .unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("weights.json")).expect("run gen_astra_fixture.py --full"),
+    )
+    .unwrap();
     let weights = PathBuf::from(meta["weights"].as_str().unwrap());
+    astra_parity("astra (released weights)", &ResNet3dConfig::astra_resnet152(), &weights, &dir.join("io.safetensors"));
+}
+
+/// Load Astra-layout weights strictly, run the io fixture's `[B, 1, X, Y, Z]` input through
+/// `astra_input` and the network, and require the features within 1e-4 relative L2.
+fn astra_parity(
+    name: &str,
+    cfg: &text2ct_models::resnet3d::ResNet3dConfig,
+    weights: &Path,
+    io: &Path,
+) -> text2ct_models::resnet3d::ResNet3d {
+    use text2ct_models::resnet3d::{astra_input, ResNet3d};
     let dev = Device::flex();
-    let m = ResNet3d::load(&ResNet3dConfig::astra_resnet152(), &weights, &dev).expect("strict load");
-    let io = read_io(&dir.join("io.safetensors"));
+    let m = ResNet3d::load(cfg, weights, &dev).expect("strict load");
+    let io = read_io(io);
     let s = io.input.0.clone();
     let x = Tensor::<5>::from_data(TensorData::new(io.input.1.clone(), [s[0], s[1], s[2], s[3], s[4]]), &dev);
     let got = to_vec(m.features(astra_input(x)).unwrap());
     let (rel, max) = compare(&got, &io.features);
-    eprintln!("astra (released weights): features rel L2 {rel:.2e}, max abs {max:.2e}");
-    assert!(rel < 1e-4, "rel L2 {rel:.2e}");
+    eprintln!("{name}: features rel L2 {rel:.2e}, max abs {max:.2e}");
+    assert!(rel < 1e-4, "{name}: features rel L2 {rel:.2e}");
+    m
 }

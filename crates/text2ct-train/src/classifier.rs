@@ -731,6 +731,7 @@ pub fn train_with(
     progress: Progress,
 ) -> Result<ClassifierSummary> {
     cfg.validate()?;
+    let device = cfg.run.device()?; // a wrong device name fails before any data is read
     let mut session = Session::open(&cfg.run, opts.stop_at)?;
     let seed = cfg.run.seed;
     let total = cfg.run.steps;
@@ -752,7 +753,7 @@ pub fn train_with(
     let prevalence = data.prevalence();
     let pos_weight = data.pos_weight(&cfg.loss);
 
-    let dev = cfg.run.device()?.autodiff();
+    let dev = device.autodiff();
     let mut net = CtNet::new(&ctcfg, seed, &dev)?.net;
     net.out.bias = Some(Param::from_tensor(Tensor::<1>::from_data(
         TensorData::new(prior_bias(&prevalence, &pos_weight), [NUM_LABELS]),

@@ -735,6 +735,7 @@ fn batch_accuracy(img: &[Vec<f32>], txt: &[Vec<f32>]) -> f64 {
 /// [`train_clip`] with [`ClipTrainOptions`].
 pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress: Progress) -> Result<ClipSummary> {
     cfg.validate()?;
+    let device = cfg.run.device()?; // a wrong device name fails before any data is read
     let session_start = Instant::now();
     let out = cfg.run.out_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
@@ -777,7 +778,7 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     let caption_prob = cfg.data.label_caption_prob;
     let label_weight = cfg.loss.label_weight;
 
-    let dev = cfg.run.device()?.autodiff();
+    let dev = device.autodiff();
     let mut model = canonical(Clip3d::new(&cfg.model, seed, &dev)?)?;
     let mut optim = adamw(&cfg.optim);
     let mut head = if label_weight > 0.0 {

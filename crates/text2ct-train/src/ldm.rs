@@ -1049,7 +1049,7 @@ fn mean_loss(records: &[StepRecord]) -> f64 {
 /// [`train_ldm`] with [`LdmTrainOptions`].
 pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Progress) -> Result<LdmSummary> {
     cfg.validate()?;
-    cfg.run.device()?; // a wrong device fails before the caches are built
+    let device = cfg.run.device()?; // a wrong device name fails before any data is read
     let session_start = Instant::now();
     let out = cfg.run.out_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
@@ -1096,7 +1096,7 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
     let d_ctx = cache.text_dim;
     let context_norm = if cfg.text_encoder.standardize { Some(context_stats(&cache)?) } else { None };
 
-    let dev = cfg.run.device()?.autodiff();
+    let dev = device.autodiff();
     let key_map = UnetKeyMap::new(&cfg.model)?;
     let mut unet = Unet::new_for_training(&cfg.model, seed, &dev)?;
     unet.net = params::assign_ids(unet.net, 0);

@@ -289,6 +289,7 @@ fn rec_err(path: &Path, e: impl std::fmt::Debug) -> TrainError {
 /// [`train_vae`] with [`TrainOptions`].
 pub fn train_vae_with(cfg: &VaeTrainConfig, opts: &TrainOptions, progress: Progress) -> Result<VaeSummary> {
     cfg.validate()?;
+    let device = cfg.run.device()?; // a wrong device name fails before any data is read
     let session_start = Instant::now();
     let out = cfg.run.out_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
@@ -321,7 +322,7 @@ pub fn train_vae_with(cfg: &VaeTrainConfig, opts: &TrainOptions, progress: Progr
         )));
     }
 
-    let dev = cfg.run.device()?.autodiff();
+    let dev = device.autodiff();
     let mut vae = Vae::new(&cfg.model, seed, &dev)?;
     vae.net = params::assign_ids(vae.net, VAE_ID_BASE);
     let mut disc = use_adv.then(|| {

@@ -82,9 +82,8 @@ pub struct EmbedTextArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::util::DeviceArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,9 +100,8 @@ pub struct EmbedVolumeArgs {
     /// Output .npy float32 [N, projection_dim].
     #[arg(long)]
     pub output: PathBuf,
-    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::util::DeviceArg,
 }
 
 pub fn run(args: ClipArgs) -> anyhow::Result<()> {
@@ -206,7 +204,7 @@ fn embed_text(a: EmbedTextArgs) -> anyhow::Result<()> {
     }
     let (ids, texts) = read_texts(a.text.as_deref(), a.reports.as_deref())?;
     let cfg = Clip3dConfig::from_json_file(&a.config)?;
-    let device = crate::util::device(&a.device)?;
+    let device = a.device.get()?;
     let t0 = Instant::now();
     let clip = Clip3d::load_text_only(&cfg, &a.weights, &device)?;
     eprintln!("loaded the CLIP text encoder from {} in {:.1} s", a.weights.display(), t0.elapsed().as_secs_f64());
@@ -279,7 +277,7 @@ fn check_dims(cfg: &Clip3dConfig, dims: [usize; 3], what: &str) -> anyhow::Resul
 fn embed_volume(a: EmbedVolumeArgs) -> anyhow::Result<()> {
     check_output(&a.output)?;
     let cfg = Clip3dConfig::from_json_file(&a.config)?;
-    let device = crate::util::device(&a.device)?;
+    let device = a.device.get()?;
     let hwd = cfg.vision_config.input_layout != "DHW";
     let name = a.input.to_string_lossy().to_lowercase();
     // Inputs first (cheap checks before loading ~3 GB of weights).

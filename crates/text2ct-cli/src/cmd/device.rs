@@ -4,11 +4,11 @@
 //! before it spoils a generation or a training run.
 
 use anyhow::{bail, Result};
+use text2ct_models::blocks::group_norm_forward;
 use text2ct_models::burn::module::Module;
 use text2ct_models::burn::nn::conv::Conv3dConfig;
 use text2ct_models::burn::nn::{GroupNormConfig, PaddingConfig3d};
 use text2ct_models::burn::tensor::{activation, Device, Distribution, Tensor};
-use text2ct_models::blocks::group_norm_forward;
 use text2ct_models::interp::upsample_trilinear_x2;
 
 #[derive(clap::Args)]

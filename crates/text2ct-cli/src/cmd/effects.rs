@@ -21,9 +21,8 @@ use text2ct_phantom::{make_report, sample_params, PhantomConfig};
 
 #[derive(clap::Args)]
 pub struct PromptEffectsArgs {
-    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::util::DeviceArg,
 
     /// Model folder (model.json).
     #[arg(long)]
@@ -92,7 +91,7 @@ pub fn run(a: PromptEffectsArgs) -> Result<()> {
     if a.pairs == 0 {
         bail!("--pairs must be positive");
     }
-    let dev = crate::util::device(&a.device)?;
+    let dev = a.device.get()?;
     let dir = a.model.clone();
     let p = Pipeline::load(&dir, &dev).with_context(|| format!("loading the model {}", dir.display()))?;
     let mut opts = p.default_options();

@@ -58,16 +58,14 @@ pub struct ReportArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
-    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::util::DeviceArg,
 }
 
 #[derive(clap::Args)]
 pub struct SweepArgs {
-    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::util::DeviceArg,
 
     /// The model folder (model.json).
     #[arg(long)]
@@ -415,7 +413,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         pad_crop: a.pad_crop,
     };
     let pb = crate::util::progress(0, "sweep");
-    let rep = run_sweep(&cfg, &a.out, &crate::util::device(&a.device)?, &mut |e| match e {
+    let rep = run_sweep(&cfg, &a.out, &a.device.get()?, &mut |e| match e {
         SweepEvent::Scale { w, index, total } => {
             pb.set_message(format!("w={w} {}/{total}", index + 1));
             pb.set_position(0);
@@ -452,7 +450,7 @@ fn run_report(a: ReportArgs) -> Result<()> {
     use text2ct_bench::report::{run_report, EvalConfig, ReportRun};
     let cfg = EvalConfig::from_file(&a.config)?;
     let run = ReportRun { config: &cfg, config_path: &a.config, command: std::env::args().collect(), out: &a.out };
-    let dev = crate::util::device(&a.device)?;
+    let dev = a.device.get()?;
     let rep = run_report(&run, &dev, &mut |section, m| eprintln!("[{section}] {m}"))?;
     for t in &rep.provenance.sections {
         println!("[{}] {:.1} s", t.section, t.seconds);

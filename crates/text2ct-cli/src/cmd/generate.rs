@@ -62,9 +62,8 @@ pub struct GenerateArgs {
     /// CPU with 8 GiB use e.g. 32,32,16 for 512x512x128 outputs.
     #[arg(long)]
     pub decode_window: Option<String>,
-    /// Device: cpu (the pure-Rust flex backend) or, in a `--features wgpu` build, wgpu / wgpu:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::util::DeviceArg,
     /// Regenerate volumes whose sidecar already exists (default: skip them, so a killed job
     /// can simply be restarted).
     #[arg(long)]
@@ -72,7 +71,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    let device = text2ct_models::device::parse(&a.device).map_err(anyhow::Error::msg)?;
+    let device = a.device.get()?;
     let model = match a.model.clone().or_else(|| std::env::var_os("TEXT2CT_MODEL").map(PathBuf::from)) {
         Some(m) => m,
         None => {

@@ -60,9 +60,8 @@ pub struct ForwardArgs {
     /// Output .npy float32 [B,out_channels,X,Y,Z].
     #[arg(long)]
     pub output: PathBuf,
-    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::util::DeviceArg,
 }
 
 pub fn run(args: UnetArgs) -> anyhow::Result<()> {
@@ -84,7 +83,7 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
         bail!("--output must be a .npy file, got {}", a.output.display());
     }
     let cfg = UnetConfig::from_json_file(&a.config).context("reading the U-Net config")?;
-    let device = crate::util::device(&a.device)?;
+    let device = a.device.get()?;
 
     let xa = read(&a.x, "--x")?;
     let xs: [usize; 5] =

@@ -61,9 +61,8 @@ pub struct EncodeArgs {
     /// Seed of eps for --sample.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::util::DeviceArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -89,9 +88,8 @@ pub struct DecodeArgs {
     /// Voxel spacing in mm of the NIfTI output, X,Y,Z.
     #[arg(long, value_delimiter = ',', default_values_t = [0.75, 0.75, 1.5])]
     pub spacing: Vec<f64>,
-    /// Device: cpu, or wgpu / wgpu:N in a `--features wgpu` build.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::util::DeviceArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -156,7 +154,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     if !is_npy(&a.output) {
         bail!("--output must be a .npy file, got {}", a.output.display());
     }
-    let device = crate::util::device(&a.device)?;
+    let device = a.device.get()?;
     let x = if is_npy(&a.input) {
         let arr = NpyArray::read(&a.input)?;
         to_tensor(arr, "input volume", &a.input, &device)?
@@ -213,7 +211,7 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&a.overlap) {
         bail!("--overlap must be in [0, 1), got {}", a.overlap);
     }
-    let device = crate::util::device(&a.device)?;
+    let device = a.device.get()?;
     let arr = NpyArray::read(&a.input)?;
     let z = to_tensor(arr, "latent", &a.input, &device)?;
     let vae = load_vae(&a.config, &a.weights, &device)?;

@@ -18,7 +18,7 @@ pub fn device(name: &str) -> Result<text2ct_models::burn::tensor::Device> {
 #[derive(clap::Args, Clone, Debug)]
 pub struct DeviceArg {
     /// Device: cpu (burn's pure-Rust flex backend), or wgpu / wgpu:N in a `--features wgpu` build.
-    #[arg(long = "device", default_value = "cpu")]
+    #[arg(long = "device", value_name = "DEVICE", default_value = "cpu")]
     pub name: String,
 }
 

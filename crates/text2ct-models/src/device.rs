@@ -37,6 +37,17 @@ pub fn parse(spec: &str) -> Result<Device, String> {
     }
 }
 
+/// Parse a comma-separated list of device names (`"wgpu:0,wgpu:1"`) for data-parallel training.
+/// Each name is parsed by [`parse`]; an empty entry is an error. A name may repeat (two replicas
+/// on one device: no faster, but the same arithmetic; the tests use it on the CPU).
+pub fn parse_list(spec: &str) -> Result<Vec<Device>, String> {
+    let names: Vec<&str> = spec.split(',').map(str::trim).collect();
+    if names.iter().any(|n| n.is_empty()) {
+        return Err(format!("device list {spec:?} has an empty entry; write e.g. \"wgpu:0,wgpu:1\""));
+    }
+    names.into_iter().map(parse).collect()
+}
+
 #[cfg(feature = "wgpu")]
 fn gpu(index: Option<usize>, _spec: &str) -> Result<Device, String> {
     use burn::tensor::DeviceKind;
@@ -54,6 +65,16 @@ fn gpu(_index: Option<usize>, spec: &str) -> Result<Device, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_lists_parse_each_name() {
+        assert_eq!(parse_list("cpu").unwrap().len(), 1);
+        assert_eq!(parse_list(" cpu , cpu ").unwrap().len(), 2);
+        let e = parse_list("cpu,,cpu").unwrap_err();
+        assert!(e.contains("empty entry"), "{e}");
+        let e = parse_list("cpu,tpu").unwrap_err();
+        assert!(e.contains("unknown device \"tpu\""), "{e}");
+    }
 
     #[test]
     fn names_parse_or_fail_clearly() {

@@ -217,7 +217,8 @@ pub struct RunConfig {
     #[serde(default)]
     pub eval_max_items: usize,
     /// Compute device: "cpu" (default) or, in a `--features wgpu` build, "wgpu" / "wgpu:N"
-    /// (`text2ct_models::device`).
+    /// (`text2ct_models::device`). `train ldm` also takes a comma-separated list
+    /// ("wgpu:0,wgpu:1"): data-parallel training, each micro-batch split across the devices.
     #[serde(default = "default_device")]
     pub device: String,
 }
@@ -229,7 +230,18 @@ fn default_device() -> String {
 impl RunConfig {
     /// The `[run] device` (an error names the devices this build has).
     pub fn device(&self) -> Result<burn::tensor::Device> {
+        if self.device.contains(',') {
+            return Err(TrainError::Config(format!(
+                "run.device {:?} lists several devices: data-parallel training is implemented for `train ldm`; this trainer takes one device",
+                self.device
+            )));
+        }
         text2ct_models::device::parse(&self.device).map_err(|e| TrainError::Config(format!("run.device: {e}")))
+    }
+
+    /// The `[run] device` list (one or more names, comma-separated), for data-parallel training.
+    pub fn devices(&self) -> Result<Vec<burn::tensor::Device>> {
+        text2ct_models::device::parse_list(&self.device).map_err(|e| TrainError::Config(format!("run.device: {e}")))
     }
 }
 

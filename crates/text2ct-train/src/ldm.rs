@@ -405,6 +405,13 @@ impl LdmTrainConfig {
         if self.run.steps == 0 {
             return bad("run.steps must be >= 1");
         }
+        let n_dev = self.run.device.split(',').count();
+        if self.data.batch_size < n_dev {
+            return bad(format!(
+                "data.batch_size {} is smaller than the {n_dev} devices of run.device: each device needs at least one sample per micro-batch",
+                self.data.batch_size
+            ));
+        }
         if self.export.sampler_steps == 0 || !self.export.guidance.is_finite() {
             return bad("export.sampler_steps must be >= 1 and export.guidance finite");
         }
@@ -1049,7 +1056,8 @@ fn mean_loss(records: &[StepRecord]) -> f64 {
 /// [`train_ldm`] with [`LdmTrainOptions`].
 pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Progress) -> Result<LdmSummary> {
     cfg.validate()?;
-    let device = cfg.run.device()?; // a wrong device name fails before any data is read
+    let devices = cfg.run.devices()?; // a wrong device name fails before any data is read
+    let device = devices[0].clone(); // the main device: the optimizer and the model live here
     let session_start = Instant::now();
     let out = cfg.run.out_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
@@ -1158,10 +1166,15 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
     let mut log = MetricsLog::create(&out.join("metrics.jsonl"), records)?;
     let num_params = unet.net.num_params();
     progress(ProgressEvent::Message(format!(
-        "U-Net {:?} ({num_params} parameters), {} latents {:?}, context {d_ctx}, objective {objective:?}, scale_factor {scale_factor:.6}, batch {bs} x {accum} accumulation, single device",
+        "U-Net {:?} ({num_params} parameters), {} latents {:?}, context {d_ctx}, objective {objective:?}, scale_factor {scale_factor:.6}, batch {bs} x {accum} accumulation, {}",
         cfg.model.num_channels,
         cache.items.len(),
-        cache.latent_shape
+        cache.latent_shape,
+        if devices.len() == 1 {
+            "single device".to_string()
+        } else {
+            format!("data-parallel over {} devices ({})", devices.len(), cfg.run.device)
+        }
     )));
     progress(ProgressEvent::Start { start_step: step, total_steps: total, resumed_from: resumed_from.clone() });
 
@@ -1253,33 +1266,24 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
                     c[b * d_ctx..(b + 1) * d_ctx].iter_mut().for_each(|v| *v = 0.0);
                 }
             }
-            let dims = [bs, lc, lx, ly, lz];
-            let xt = Tensor::<5>::from_data(TensorData::new(xt, dims), &dev);
-            let target = Tensor::<5>::from_data(TensorData::new(target, dims), &dev);
-            let tt = Tensor::<1>::from_data(TensorData::new(draw.t.clone(), [bs]), &dev);
-            let cond = UnetCond {
-                context: Some(Tensor::<3>::from_data(TensorData::new(c, [bs, 1, d_ctx]), &dev)),
-                class_labels: has_class
-                    .then(|| Tensor::<1, Int>::from_data(TensorData::new(vec![1i64; bs], [bs]), &dev)),
-                spacing: has_spacing.then(|| {
-                    let v: Vec<f32> = spacing.iter().flat_map(|s| s.map(|m| (m * 100.0) as f32)).collect();
-                    Tensor::<2>::from_data(TensorData::new(v, [bs, 3]), &dev)
-                }),
-                ..Default::default()
+            let spacing: Vec<f32> = spacing.iter().flat_map(|s| s.map(|m| (m * 100.0) as f32)).collect();
+            let batch = MicroBatch {
+                dims: [bs, lc, lx, ly, lz],
+                xt: &xt,
+                target: &target,
+                t: &draw.t,
+                context: &c,
+                d_ctx,
+                spacing: (has_spacing).then_some(&spacing[..]),
+                class_labels: has_class,
+                objective,
             };
-            let pred = unet.forward_cond(xt, tt, &cond)?;
-            let diff = pred - target;
-            let loss = match objective {
-                Objective::Rflow => diff.abs().mean(),
-                Objective::Ddpm => diff.square().mean(),
-            };
-            let lv = loss.clone().into_scalar::<f32>() as f64;
+            let (lv, grads) = data_parallel_grads(&unet, &devices, &dev, &batch, accum)?;
             if !lv.is_finite() {
                 return Err(TrainError::Train(format!("non-finite loss {lv} at step {step}")));
             }
             loss_sum += lv;
-            let grads = loss.div_scalar(accum as f64).backward();
-            acc.accumulate(&unet.net, GradientsParams::from_grads(grads, &unet.net));
+            acc.accumulate(&unet.net, grads);
         }
         unet.net = optim.step(lr, unet.net, acc.grads());
         step += 1;
@@ -1337,6 +1341,117 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
     write_json(&md.join("metrics.json"), &summary)?;
     progress(ProgressEvent::Message(format!("model folder: {}", md.display())));
     Ok(summary)
+}
+
+/// One micro-batch, prepared on the host: noised latents, targets, timesteps, (dropped) contexts
+/// and spacing, `dims[0]` samples.
+struct MicroBatch<'a> {
+    dims: [usize; 5],
+    xt: &'a [f32],
+    target: &'a [f32],
+    t: &'a [f32],
+    context: &'a [f32],
+    d_ctx: usize,
+    spacing: Option<&'a [f32]>,
+    class_labels: bool,
+    objective: Objective,
+}
+
+/// Samples `[start, end)` of each of the micro-batch's arrays as tensors on `dev`, the U-Net's
+/// loss on them (the shard mean, as a tensor for backward).
+fn shard_loss(unet: &Unet, dev: &Device, b: &MicroBatch, start: usize, end: usize) -> Result<Tensor<1>> {
+    let n = end - start;
+    let [_, c, x, y, z] = b.dims;
+    let per = c * x * y * z;
+    let dims = [n, c, x, y, z];
+    let xt = Tensor::<5>::from_data(TensorData::new(b.xt[start * per..end * per].to_vec(), dims), dev);
+    let target = Tensor::<5>::from_data(TensorData::new(b.target[start * per..end * per].to_vec(), dims), dev);
+    let tt = Tensor::<1>::from_data(TensorData::new(b.t[start..end].to_vec(), [n]), dev);
+    let ctx = b.context[start * b.d_ctx..end * b.d_ctx].to_vec();
+    let cond = UnetCond {
+        context: Some(Tensor::<3>::from_data(TensorData::new(ctx, [n, 1, b.d_ctx]), dev)),
+        class_labels: b.class_labels.then(|| Tensor::<1, Int>::from_data(TensorData::new(vec![1i64; n], [n]), dev)),
+        spacing: b
+            .spacing
+            .map(|s| Tensor::<2>::from_data(TensorData::new(s[start * 3..end * 3].to_vec(), [n, 3]), dev)),
+        ..Default::default()
+    };
+    let diff = unet.forward_cond(xt, tt, &cond)? - target;
+    Ok(match b.objective {
+        Objective::Rflow => diff.abs().mean(),
+        Objective::Ddpm => diff.square().mean(),
+    })
+}
+
+/// Where sample ranges of a `bs`-sample micro-batch go on `n` devices: as equal as possible, the
+/// first `bs % n` devices one sample more.
+pub fn shard_ranges(bs: usize, n: usize) -> Vec<(usize, usize)> {
+    let (q, r) = (bs / n, bs % n);
+    let mut start = 0;
+    (0..n)
+        .map(|k| {
+            let len = q + usize::from(k < r);
+            let range = (start, start + len);
+            start += len;
+            range
+        })
+        .collect()
+}
+
+/// The micro-batch's mean loss and its gradients (already divided by `accum`) on the main device
+/// `main_dev` (autodiff), computed data-parallel: the batch is split by [`shard_ranges`] across
+/// `devices`, each device runs a replica of the U-Net (forked from the main model: same weights,
+/// same parameter ids) in its own thread, each shard's loss is weighted by its share of the batch
+/// (`n_k / bs`), so the summed gradients equal the whole batch's (the U-Net has no batch
+/// statistics: GroupNorm and attention are per sample). With one device this is the plain step.
+fn data_parallel_grads(
+    unet: &Unet,
+    devices: &[Device],
+    main_dev: &Device,
+    b: &MicroBatch,
+    accum: usize,
+) -> Result<(f64, GradientsParams)> {
+    let bs = b.dims[0];
+    // Dividing by `accum * bs / n_k` (not multiplying by its inverse) keeps the single-device
+    // step bit-identical to the plain `loss / accum`.
+    let scale = |n: usize| accum as f64 * bs as f64 / n as f64;
+    if devices.len() == 1 {
+        let loss = shard_loss(unet, main_dev, b, 0, bs)?;
+        let lv = loss.clone().into_scalar::<f32>() as f64;
+        let grads = loss.div_scalar(scale(bs)).backward();
+        return Ok((lv, GradientsParams::from_grads(grads, &unet.net)));
+    }
+    let ranges = shard_ranges(bs, devices.len());
+    let results: Vec<Result<(f64, GradientsParams)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .zip(&ranges)
+            .map(|(d, &(start, end))| {
+                let dev = d.clone().autodiff();
+                let replica = Unet { config: unet.config.clone(), net: unet.net.clone().fork(&dev) };
+                scope.spawn(move || -> Result<(f64, GradientsParams)> {
+                    let n = end - start;
+                    let loss = shard_loss(&replica, &dev, b, start, end)?;
+                    let lv = loss.clone().into_scalar::<f32>() as f64;
+                    let grads = loss.div_scalar(scale(n)).backward();
+                    let grads = GradientsParams::from_grads(grads, &replica.net).to_device(main_dev, &replica.net);
+                    Ok((lv * n as f64 / bs as f64, grads))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Train("a data-parallel worker panicked".into()))))
+            .collect()
+    });
+    let mut loss = 0.0;
+    let mut acc = GradientsAccumulator::new();
+    for r in results {
+        let (lv, g) = r?;
+        loss += lv;
+        acc.accumulate(&unet.net, g);
+    }
+    Ok((loss, acc.grads()))
 }
 
 fn weights_name(stem: &str, src: &Path) -> String {

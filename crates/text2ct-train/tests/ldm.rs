@@ -496,3 +496,77 @@ fn init_starts_from_given_weights_and_keeps_their_scale_factor() {
     let e = train_ldm_with(&bad, &LdmTrainOptions::default(), &mut q).unwrap_err().to_string();
     assert!(e.contains("no tensor named"), "{e}");
 }
+
+#[test]
+fn data_parallel_training_equals_the_single_device_run() {
+    // Two replicas (here both on the CPU; on a GPU machine "wgpu:0,wgpu:1") with an uneven split of
+    // a 3-sample batch (2 + 1) and gradient accumulation: the same weights as one device, up to
+    // float summation order.
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let mut one = config(d, "one", 3, "", "rflow", 1e-3, 3);
+    one.optim.grad_accum_steps = 2;
+    let mut two = one.clone();
+    two.run.out_dir = d.join("two");
+    two.run.device = "cpu, cpu".into();
+    let mut q = quiet();
+    let a = train_ldm_with(&one, &LdmTrainOptions::default(), &mut q).unwrap();
+    let mut msgs = Vec::new();
+    let b = train_ldm_with(&two, &LdmTrainOptions::default(), &mut |e| {
+        if let ProgressEvent::Message(m) = e {
+            msgs.push(m)
+        }
+    })
+    .unwrap();
+    assert!(msgs.iter().any(|m| m.contains("data-parallel over 2 devices")), "{msgs:?}");
+    assert!(
+        (a.final_loss - b.final_loss).abs() < 1e-5 * a.final_loss.abs().max(1.0),
+        "{} vs {}",
+        a.final_loss,
+        b.final_loss
+    );
+    let (sa, sb) = (unet_tensors(&d.join("one/model")), unet_tensors(&d.join("two/model")));
+    let (mut num, mut den, mut moved) = (0f64, 0f64, 0f64);
+    for (k, ta) in &sa.tensors {
+        let tb = &sb.tensors[k];
+        for (x, y) in ta.data.iter().zip(&tb.data) {
+            num += ((x - y) as f64).powi(2);
+            den += (*x as f64).powi(2);
+        }
+    }
+    let rel = (num / den).sqrt();
+    assert!(rel < 1e-5, "relative L2 difference {rel:e} between one and two devices");
+    // The split must not be a no-op: a run with a different seed differs by far more.
+    let mut other = one.clone();
+    other.run.out_dir = d.join("other");
+    other.run.seed = 12;
+    let mut q = quiet();
+    train_ldm_with(&other, &LdmTrainOptions::default(), &mut q).unwrap();
+    let so = unet_tensors(&d.join("other/model"));
+    for (k, ta) in &sa.tensors {
+        for (x, y) in ta.data.iter().zip(&so.tensors[k].data) {
+            moved += ((x - y) as f64).powi(2);
+        }
+    }
+    assert!(
+        (moved / den).sqrt() > 1e3 * rel.max(1e-9),
+        "seed change {:e} vs device split {rel:e}",
+        (moved / den).sqrt()
+    );
+}
+
+#[test]
+fn device_lists_are_checked_before_training() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let mut cfg = config(d, "x", 1, "", "rflow", 1e-3, 2);
+    cfg.run.device = "cpu,cpu,cpu".into();
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("batch_size 2 is smaller than the 3 devices"), "{e}");
+    cfg.run.device = "cpu,".into();
+    let mut q = quiet();
+    let e = train_ldm_with(&cfg, &LdmTrainOptions::default(), &mut q).unwrap_err().to_string();
+    assert!(e.contains("empty entry"), "{e}");
+}

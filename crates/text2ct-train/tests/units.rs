@@ -168,3 +168,20 @@ fn loader_is_deterministic_and_resumable() {
     // Missing manifest.
     assert!(matches!(VolumeSet::open(&dir.path().join("none.jsonl"), None), Err(TrainError::Data(_))));
 }
+
+#[test]
+fn data_parallel_shards_cover_the_batch_evenly() {
+    use text2ct_train::ldm::shard_ranges;
+    assert_eq!(shard_ranges(4, 1), vec![(0, 4)]);
+    assert_eq!(shard_ranges(5, 2), vec![(0, 3), (3, 5)]);
+    assert_eq!(shard_ranges(7, 3), vec![(0, 3), (3, 5), (5, 7)]);
+    assert_eq!(shard_ranges(3, 3), vec![(0, 1), (1, 2), (2, 3)]);
+}
+
+#[test]
+fn single_device_trainers_refuse_a_device_list() {
+    let run: text2ct_train::config::RunConfig = toml::from_str("out_dir = \"/tmp/x\"\ndevice = \"cpu,cpu\"").unwrap();
+    let e = run.device().unwrap_err().to_string();
+    assert!(e.contains("implemented for `train ldm`"), "{e}");
+    assert_eq!(run.devices().unwrap().len(), 2);
+}

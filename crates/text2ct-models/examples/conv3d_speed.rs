@@ -1,0 +1,46 @@
+//! GFLOP/s of burn's `flex` conv3d (3x3x3, padding 1) at the shapes that dominate MAISI-VAE decoding
+//! and the U-Net, to set against the machine's f32 GEMM peak (conv3d is ~94 % of their time).
+//!
+//! `cargo run --release -p text2ct-models --example conv3d_speed [-- C_IN,C_OUT,X,Y,Z ...]`
+
+use std::time::Instant;
+
+use burn::nn::conv::Conv3dConfig;
+use burn::nn::PaddingConfig3d;
+use burn::tensor::{Device, Distribution, Tensor};
+
+fn main() {
+    let shapes: Vec<[usize; 5]> = std::env::args()
+        .skip(1)
+        .map(|a| {
+            let v: Vec<usize> = a.split(',').map(|s| s.trim().parse().expect("C_IN,C_OUT,X,Y,Z")).collect();
+            [v[0], v[1], v[2], v[3], v[4]]
+        })
+        .collect();
+    let shapes = if shapes.is_empty() {
+        // 32->32 at 32^3 (the rust-ml-stack.md reference point); the VAE decoder's full-resolution
+        // level (64 ch) and its 128-ch level on a 32x32x16-latent window; a U-Net level.
+        vec![[32, 32, 32, 32, 32], [64, 64, 64, 64, 32], [128, 128, 64, 64, 32], [256, 256, 16, 16, 8]]
+    } else {
+        shapes
+    };
+    let dev = Device::flex();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("| conv3d 3x3x3 | GFLOP | ms (best of 3) | GFLOP/s |  ({threads} threads)");
+    println!("|---|---|---|---|");
+    for [ci, co, x, y, z] in shapes {
+        let conv = Conv3dConfig::new([ci, co], [3, 3, 3])
+            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+            .init(&dev);
+        let input = Tensor::<5>::random([1, ci, x, y, z], Distribution::Normal(0.0, 1.0), &dev);
+        let gflop = 2.0 * (ci * co * 27 * x * y * z) as f64 / 1e9;
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let y = conv.forward(input.clone());
+            let _ = y.into_data();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!("| {ci}->{co} on {x}x{y}x{z} | {gflop:.2} | {:.0} | {:.1} |", best * 1e3, gflop / best);
+    }
+}

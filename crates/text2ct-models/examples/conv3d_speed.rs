@@ -1,5 +1,6 @@
-//! GFLOP/s of burn's `flex` conv3d (3x3x3, padding 1) at the shapes that dominate MAISI-VAE decoding
-//! and the U-Net, to set against the machine's f32 GEMM peak (conv3d is ~94 % of their time).
+//! GFLOP/s of burn's `flex` conv3d (3x3x3, padding 1) and of `text2ct_models::blocks::conv3d_forward`
+//! (which takes an im2col matrix product where burn's per-call kernel re-ordering dominates) at the
+//! shapes of MAISI-VAE decoding and the diffusion U-Net, to set against the machine's f32 GEMM peak.
 //!
 //! `cargo run --release -p text2ct-models --example conv3d_speed [-- C_IN,C_OUT,X,Y,Z ...]`
 
@@ -8,6 +9,7 @@ use std::time::Instant;
 use burn::nn::conv::Conv3dConfig;
 use burn::nn::PaddingConfig3d;
 use burn::tensor::{Device, Distribution, Tensor};
+use text2ct_models::blocks::conv3d_forward;
 
 fn main() {
     let shapes: Vec<[usize; 5]> = std::env::args()
@@ -26,21 +28,29 @@ fn main() {
     };
     let dev = Device::flex();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("| conv3d 3x3x3 | GFLOP | ms (best of 3) | GFLOP/s |  ({threads} threads)");
-    println!("|---|---|---|---|");
+    println!("| conv3d 3x3x3 ({threads} threads) | GFLOP | burn ms (best of 3) | burn GFLOP/s | text2ct ms | text2ct GFLOP/s |");
+    println!("|---|---|---|---|---|---|");
     for [ci, co, x, y, z] in shapes {
-        let conv = Conv3dConfig::new([ci, co], [3, 3, 3])
-            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
-            .init(&dev);
+        let conv = Conv3dConfig::new([ci, co], [3, 3, 3]).with_padding(PaddingConfig3d::Explicit(1, 1, 1)).init(&dev);
         let input = Tensor::<5>::random([1, ci, x, y, z], Distribution::Normal(0.0, 1.0), &dev);
         let gflop = 2.0 * (ci * co * 27 * x * y * z) as f64 / 1e9;
-        let mut best = f64::INFINITY;
-        for _ in 0..3 {
-            let t = Instant::now();
-            let y = conv.forward(input.clone());
-            let _ = y.into_data();
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        println!("| {ci}->{co} on {x}x{y}x{z} | {gflop:.2} | {:.0} | {:.1} |", best * 1e3, gflop / best);
+        let time = |f: &dyn Fn() -> Tensor<5>| {
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let t = Instant::now();
+                let _ = f().into_data();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            best
+        };
+        let burn = time(&|| conv.forward(input.clone()));
+        let ours = time(&|| conv3d_forward(&conv, input.clone()));
+        println!(
+            "| {ci}->{co} on {x}x{y}x{z} | {gflop:.2} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            burn * 1e3,
+            gflop / burn,
+            ours * 1e3,
+            gflop / ours
+        );
     }
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attention::{linear, SpatialTransformer};
 use crate::blocks::{
-    conv3d, group_norm, group_norm_forward, param, InitSource, ParamKind, ParamSource, StateDictSource,
+    conv3d, conv3d_forward, group_norm, group_norm_forward, param, InitSource, ParamKind, ParamSource, StateDictSource,
 };
 use crate::error::{ModelError, Result};
 use crate::interp::repeat_nearest;
@@ -473,13 +473,13 @@ impl UnetResBlock {
         } else {
             (x, h)
         };
-        let h = self.conv1.forward(h);
+        let h = conv3d_forward(&self.conv1, h);
         let t = self.time_emb_proj.forward(emb_silu.clone());
         let [b, c] = t.dims();
         let h = h + t.reshape([b, c, 1, 1, 1]);
-        let h = self.conv2.forward(silu(group_norm_forward(&self.norm2, h)));
+        let h = conv3d_forward(&self.conv2, silu(group_norm_forward(&self.norm2, h)));
         let skip = match &self.skip_connection {
-            Some(s) => s.forward(x),
+            Some(s) => conv3d_forward(s, x),
             None => x,
         };
         skip + h
@@ -854,7 +854,7 @@ impl UnetNet {
     pub fn forward_unchecked(&self, x: Tensor<5>, t: Tensor<1>, cond: &UnetCond) -> Tensor<5> {
         let emb = silu(self.embedding(t, cond));
         let ctx = cond.context.as_ref();
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv3d_forward(&self.conv_in, x);
         let mut skips = vec![h.clone()];
         for db in &self.down_blocks {
             for (j, r) in db.resnets.iter().enumerate() {
@@ -884,7 +884,7 @@ impl UnetNet {
                 h = u.forward(h, &emb);
             }
         }
-        self.out_conv.forward(silu(group_norm_forward(&self.out_norm, h)))
+        conv3d_forward(&self.out_conv, silu(group_norm_forward(&self.out_norm, h)))
     }
 
     /// `forward(x, t, context, class_labels, spacing)` → `[B, out_channels, X, Y, Z]`, the

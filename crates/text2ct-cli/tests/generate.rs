@@ -164,7 +164,7 @@ fn generate_uses_the_embedded_default_model() {
     let out = d.join("out");
     let o = Command::new(env!("CARGO_BIN_EXE_text2ct"))
         .args(["generate", "--prompt", "Findings: Right pleural effusion. Impression: Right pleural effusion."])
-        .args(["--steps", "2", "--seed", "3", "--out", out.to_str().unwrap()])
+        .args(["--steps", "2", "--seed", "3", "--dicom", "--out", out.to_str().unwrap()])
         .env_remove("TEXT2CT_MODEL")
         .env("TEXT2CT_CACHE", d.join("cache"))
         .output()
@@ -185,5 +185,17 @@ fn generate_uses_the_embedded_default_model() {
         assert!((a - b).abs() < 1e-6, "{:?} vs {sp:?}", v.spacing());
     }
     assert!(v.data().iter().all(|h| (-1000.0..=1000.0).contains(h)));
+    // --dicom: the same HU at the same world positions, read back through the DICOM reader.
+    let (dv, info) =
+        text2ct_io::dicom_io::read_dicom_series(&out.join("prompt_seed3_dicom"), None, &text2ct_io::Limits::default())
+            .unwrap();
+    assert_eq!(dv.dims(), v.dims());
+    assert!(info.series.description.starts_with("SYNTHETIC"), "{info:?}");
+    let inv = dv.affine().inverse().unwrap();
+    let [nx, ny, nz] = v.dims();
+    for (x, y, z) in [(0, 0, 0), (nx / 2, ny / 3, nz / 2), (nx - 1, ny - 1, nz - 1), (3, ny - 2, 1)] {
+        let i = inv.apply(v.affine().apply([x as f64, y as f64, z as f64])).map(|c| c.round() as usize);
+        assert_eq!(dv.get(i[0], i[1], i[2]), v.get(x, y, z));
+    }
     let _ = std::fs::remove_dir_all(&d);
 }

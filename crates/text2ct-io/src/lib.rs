@@ -3,6 +3,7 @@
 //! `.npy` arrays and PNG previews.
 
 pub mod dicom_io;
+pub mod dicom_write;
 pub mod error;
 pub mod geometry;
 pub mod nifti_io;

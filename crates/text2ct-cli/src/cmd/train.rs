@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use text2ct_train::config::RunConfig;
+use text2ct_train::progress::StepLosses;
 use text2ct_train::{ProgressEvent, VaeTrainConfig};
 
 #[derive(clap::Subcommand)]
@@ -88,10 +89,28 @@ fn print_trained(done: usize, total: usize, session: usize, wall_s: f64, steps_p
     );
 }
 
-fn on_start(pb: &ProgressBar, start_step: usize, resumed_from: Option<PathBuf>) {
-    pb.set_position(start_step as u64);
-    if let Some(p) = resumed_from {
-        pb.println(format!("resumed from {} (step {start_step})", p.display()));
+/// The progress-bar handler every training command shares: resume line, position, checkpoint and
+/// message lines; `step_msg(epoch, lr, losses, steps_per_s)` is the bar's text after each step,
+/// `on_eval(done, total)` handles the trainer's evaluation (or cache) progress.
+fn bar_events<'a>(
+    pb: &'a ProgressBar,
+    step_msg: impl Fn(usize, f64, &StepLosses, f64) -> String + 'a,
+    mut on_eval: impl FnMut(&ProgressBar, usize, usize) + 'a,
+) -> impl FnMut(ProgressEvent) + 'a {
+    move |ev| match ev {
+        ProgressEvent::Start { start_step, resumed_from, .. } => {
+            pb.set_position(start_step as u64);
+            if let Some(p) = resumed_from {
+                pb.println(format!("resumed from {} (step {start_step})", p.display()));
+            }
+        }
+        ProgressEvent::Step { step, lr, losses, steps_per_s, epoch, .. } => {
+            pb.set_position(step as u64);
+            pb.set_message(step_msg(epoch, lr, &losses, steps_per_s));
+        }
+        ProgressEvent::Checkpoint { step, path } => pb.println(format!("step {step}: checkpoint {}", path.display())),
+        ProgressEvent::Eval { done, total } => on_eval(pb, done, total),
+        ProgressEvent::Message(m) => pb.println(m),
     }
 }
 
@@ -100,24 +119,21 @@ fn vae(a: TrainArgs) -> Result<()> {
     apply_overrides(&mut cfg.run, a);
     cfg.validate()?;
     let pb = training_bar("train", cfg.run.steps);
-    let mut on_event = |ev: ProgressEvent| match ev {
-        ProgressEvent::Start { start_step, resumed_from, .. } => on_start(&pb, start_step, resumed_from),
-        ProgressEvent::Step { step, lr, losses: l, steps_per_s, epoch, .. } => {
-            pb.set_position(step as u64);
+    let mut on_event = bar_events(
+        &pb,
+        |epoch, lr, l, steps_per_s| {
             let adv = if l.d_loss > 0.0 { format!(" G {:.3} D {:.3}", l.g_adv, l.d_loss) } else { String::new() };
-            pb.set_message(format!(
+            format!(
                 "ep {epoch} L1 {:.4} KL {:.0} P {:.4}{adv} lr {lr:.2e} {steps_per_s:.2} it/s",
                 l.l1, l.kl, l.perceptual
-            ));
-        }
-        ProgressEvent::Checkpoint { step, path } => pb.println(format!("step {step}: checkpoint {}", path.display())),
-        ProgressEvent::Eval { done, total } => {
+            )
+        },
+        |pb, done, total| {
             if done == 1 {
                 pb.println(format!("evaluating {total} held-out volume(s)"));
             }
-        }
-        ProgressEvent::Message(m) => pb.println(m),
-    };
+        },
+    );
     let s = text2ct_train::train_vae(&cfg, &mut on_event)?;
     pb.finish_and_clear();
     print_trained(s.steps_done, s.total_steps, s.session_steps, s.session_wall_s, s.steps_per_s, s.stopped_early);
@@ -144,17 +160,12 @@ fn ldm(a: TrainArgs) -> Result<()> {
     apply_overrides(&mut cfg.run, a);
     cfg.validate()?;
     let pb = training_bar("ldm", cfg.run.steps);
-    let mut on_event = |ev: ProgressEvent| match ev {
-        ProgressEvent::Start { start_step, resumed_from, .. } => on_start(&pb, start_step, resumed_from),
-        ProgressEvent::Step { step, lr, losses: l, steps_per_s, epoch, .. } => {
-            pb.set_position(step as u64);
-            pb.set_message(format!("ep {epoch} loss {:.4} lr {lr:.2e} {steps_per_s:.2} it/s", l.total));
-        }
-        ProgressEvent::Checkpoint { step, path } => pb.println(format!("step {step}: checkpoint {}", path.display())),
+    let mut on_event = bar_events(
+        &pb,
+        |epoch, lr, l, steps_per_s| format!("ep {epoch} loss {:.4} lr {lr:.2e} {steps_per_s:.2} it/s", l.total),
         // The latent / text-embedding cache reports its progress as Eval events.
-        ProgressEvent::Eval { done, total } => pb.set_message(format!("cache {done}/{total}")),
-        ProgressEvent::Message(m) => pb.println(m),
-    };
+        |pb, done, total| pb.set_message(format!("cache {done}/{total}")),
+    );
     let s = text2ct_train::train_ldm(&cfg, &mut on_event)?;
     pb.finish_and_clear();
     print_trained(s.steps_done, s.total_steps, s.session_steps, s.session_wall_s, s.steps_per_s, s.stopped_early);
@@ -177,16 +188,11 @@ fn clip(a: TrainArgs) -> Result<()> {
     apply_overrides(&mut cfg.run, a);
     cfg.validate()?;
     let pb = training_bar("clip", cfg.run.steps);
-    let mut on_event = |ev: ProgressEvent| match ev {
-        ProgressEvent::Start { start_step, resumed_from, .. } => on_start(&pb, start_step, resumed_from),
-        ProgressEvent::Step { step, lr, losses: l, steps_per_s, epoch, .. } => {
-            pb.set_position(step as u64);
-            pb.set_message(format!("ep {epoch} InfoNCE {:.4} lr {lr:.2e} {steps_per_s:.2} it/s", l.total));
-        }
-        ProgressEvent::Checkpoint { step, path } => pb.println(format!("step {step}: checkpoint {}", path.display())),
-        ProgressEvent::Eval { .. } => {}
-        ProgressEvent::Message(m) => pb.println(m),
-    };
+    let mut on_event = bar_events(
+        &pb,
+        |epoch, lr, l, steps_per_s| format!("ep {epoch} InfoNCE {:.4} lr {lr:.2e} {steps_per_s:.2} it/s", l.total),
+        |_, _, _| {},
+    );
     let s = train_clip(&cfg, &mut on_event)?;
     pb.finish_and_clear();
     print_trained(s.steps_done, s.total_steps, s.session_steps, s.session_wall_s, s.steps_per_s, s.stopped_early);
@@ -210,16 +216,11 @@ fn classifier(a: TrainArgs) -> Result<()> {
     apply_overrides(&mut cfg.run, a);
     cfg.validate()?;
     let pb = training_bar("ctnet", cfg.run.steps);
-    let mut on_event = |ev: ProgressEvent| match ev {
-        ProgressEvent::Start { start_step, resumed_from, .. } => on_start(&pb, start_step, resumed_from),
-        ProgressEvent::Step { step, lr, losses: l, steps_per_s, epoch, .. } => {
-            pb.set_position(step as u64);
-            pb.set_message(format!("ep {epoch} BCE {:.4} lr {lr:.2e} {steps_per_s:.2} it/s", l.total));
-        }
-        ProgressEvent::Checkpoint { step, path } => pb.println(format!("step {step}: checkpoint {}", path.display())),
-        ProgressEvent::Eval { .. } => {}
-        ProgressEvent::Message(m) => pb.println(m),
-    };
+    let mut on_event = bar_events(
+        &pb,
+        |epoch, lr, l, steps_per_s| format!("ep {epoch} BCE {:.4} lr {lr:.2e} {steps_per_s:.2} it/s", l.total),
+        |_, _, _| {},
+    );
     let s = train(&cfg, &mut on_event)?;
     pb.finish_and_clear();
     print_trained(s.steps_done, s.total_steps, s.session_steps, s.session_wall_s, s.steps_per_s, s.stopped_early);

@@ -1274,16 +1274,15 @@ pub fn train_ldm_with(cfg: &LdmTrainConfig, opts: &LdmTrainOptions, progress: Pr
                 t: &draw.t,
                 context: &c,
                 d_ctx,
-                spacing: (has_spacing).then_some(&spacing[..]),
+                spacing: has_spacing.then_some(&spacing[..]),
                 class_labels: has_class,
                 objective,
             };
-            let (lv, grads) = data_parallel_grads(&unet, &devices, &dev, &batch, accum)?;
+            let lv = accumulate_data_parallel(&unet, &devices, &dev, &batch, accum, &mut acc)?;
             if !lv.is_finite() {
                 return Err(TrainError::Train(format!("non-finite loss {lv} at step {step}")));
             }
             loss_sum += lv;
-            acc.accumulate(&unet.net, grads);
         }
         unet.net = optim.step(lr, unet.net, acc.grads());
         step += 1;
@@ -1398,19 +1397,20 @@ pub fn shard_ranges(bs: usize, n: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// The micro-batch's mean loss and its gradients (already divided by `accum`) on the main device
-/// `main_dev` (autodiff), computed data-parallel: the batch is split by [`shard_ranges`] across
+/// Adds the micro-batch's gradients (already divided by `accum`) to `acc` on the main device
+/// `main_dev` (autodiff) and returns its mean loss, computed data-parallel: the batch is split by [`shard_ranges`] across
 /// `devices`, each device runs a replica of the U-Net (forked from the main model: same weights,
 /// same parameter ids) in its own thread, each shard's loss is weighted by its share of the batch
 /// (`n_k / bs`), so the summed gradients equal the whole batch's (the U-Net has no batch
 /// statistics: GroupNorm and attention are per sample). With one device this is the plain step.
-fn data_parallel_grads(
+fn accumulate_data_parallel(
     unet: &Unet,
     devices: &[Device],
     main_dev: &Device,
     b: &MicroBatch,
     accum: usize,
-) -> Result<(f64, GradientsParams)> {
+    acc: &mut GradientsAccumulator<UnetNet>,
+) -> Result<f64> {
     let bs = b.dims[0];
     // Dividing by `accum * bs / n_k` (not multiplying by its inverse) keeps the single-device
     // step bit-identical to the plain `loss / accum`.
@@ -1419,7 +1419,8 @@ fn data_parallel_grads(
         let loss = shard_loss(unet, main_dev, b, 0, bs)?;
         let lv = loss.clone().into_scalar::<f32>() as f64;
         let grads = loss.div_scalar(scale(bs)).backward();
-        return Ok((lv, GradientsParams::from_grads(grads, &unet.net)));
+        acc.accumulate(&unet.net, GradientsParams::from_grads(grads, &unet.net));
+        return Ok(lv);
     }
     let ranges = shard_ranges(bs, devices.len());
     let results: Vec<Result<(f64, GradientsParams)>> = std::thread::scope(|scope| {
@@ -1445,13 +1446,12 @@ fn data_parallel_grads(
             .collect()
     });
     let mut loss = 0.0;
-    let mut acc = GradientsAccumulator::new();
     for r in results {
         let (lv, g) = r?;
         loss += lv;
         acc.accumulate(&unet.net, g);
     }
-    Ok((loss, acc.grads()))
+    Ok(loss)
 }
 
 fn weights_name(stem: &str, src: &Path) -> String {

@@ -197,5 +197,20 @@ fn generate_uses_the_embedded_default_model() {
         let i = inv.apply(v.affine().apply([x as f64, y as f64, z as f64])).map(|c| c.round() as usize);
         assert_eq!(dv.get(i[0], i[1], i[2]), v.get(x, y, z));
     }
+    // A restarted job skips the finished volume but writes a missing DICOM series.
+    std::fs::remove_dir_all(out.join("prompt_seed3_dicom")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_text2ct"))
+        .args(["generate", "--prompt", "Findings: Right pleural effusion. Impression: Right pleural effusion."])
+        .args(["--steps", "2", "--seed", "3", "--dicom", "--out", out.to_str().unwrap()])
+        .env_remove("TEXT2CT_MODEL")
+        .env("TEXT2CT_CACHE", d.join("cache"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 already present"));
+    let (dv2, _) =
+        text2ct_io::dicom_io::read_dicom_series(&out.join("prompt_seed3_dicom"), None, &text2ct_io::Limits::default())
+            .unwrap();
+    assert_eq!(dv2.data(), dv.data());
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -172,6 +172,14 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut noise = noise;
     for job in &jobs {
         if !a.overwrite && output::is_done(&a.out, job) {
+            // A job killed between the sidecar and the DICOM series gets its series now.
+            if a.dicom && !a.out.join(format!("{}_dicom", job.stem())).is_dir() {
+                let json = a.out.join(format!("{}.json", job.stem()));
+                let text = std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
+                let sc: output::Sidecar =
+                    serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+                write_dicom(&a.out, job, &sc)?;
+            }
             skipped += 1;
             vols.inc(1);
             continue;

@@ -83,6 +83,25 @@ pub struct ClipTrainConfig {
     #[serde(default)]
     pub loss: ClipLossConfig,
     pub run: RunConfig,
+    /// `[init]`: start from a trained CLIP (fine-tuning) instead of a random initialisation.
+    #[serde(default)]
+    pub init: Option<ClipInitConfig>,
+}
+
+/// `[init]`: fine-tune a trained 3D CLIP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipInitConfig {
+    /// CLIP weights with Text2CT's keys (`model.*`) whose shapes match `[model]`: a run's
+    /// `final/clip.safetensors`, a checkpoint's, or a released CLIP `.pt` (strict load: a missing,
+    /// unexpected or mis-shaped key is an error). The codebook buffer comes with it. The optimizer
+    /// and the schedule start fresh. Typical use: teach a trained CLIP what its data did not ask of
+    /// it (e.g. the side of a finding, from data where that finding is common).
+    pub clip: PathBuf,
+    /// The auxiliary label head of the run that made `clip` (a checkpoint's
+    /// `label_head.safetensors`), when `[loss] label_weight > 0`. Default: a fresh head.
+    #[serde(default)]
+    pub label_head: Option<PathBuf>,
 }
 
 /// `[loss]`: what is minimised besides the symmetric InfoNCE.
@@ -289,6 +308,19 @@ impl ClipTrainConfig {
         }
         if !(0.0..=1.0).contains(&d.label_caption_prob) {
             return bad(format!("data.label_caption_prob must be in [0, 1]; got {}", d.label_caption_prob));
+        }
+        if let Some(init) = &self.init {
+            if !init.clip.is_file() {
+                return bad(format!("init.clip {} does not exist", init.clip.display()));
+            }
+            if let Some(h) = &init.label_head {
+                if !h.is_file() {
+                    return bad(format!("init.label_head {} does not exist", h.display()));
+                }
+                if self.loss.label_weight == 0.0 {
+                    return bad("init.label_head is given but [loss] label_weight is 0 (no head is trained)");
+                }
+            }
         }
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
@@ -803,6 +835,17 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
                 p.display()
             )));
         }
+    }
+    if let (Some(init), None) = (&cfg.init, &resumed_from) {
+        model = canonical(Clip3d::load(&cfg.model, &init.clip, &dev)?)?;
+        if let (Some(hp), Some(h)) = (&init.label_head, head.take()) {
+            head = Some(params::assign_ids(params::load_safetensors(h, hp)?, 1 << 40));
+        }
+        progress(ProgressEvent::Message(format!(
+            "initialised from {}{}",
+            init.clip.display(),
+            init.label_head.as_ref().map_or(String::new(), |h| format!(" (label head {})", h.display()))
+        )));
     }
     if let Some(dir) = &resumed_from {
         let st = checkpoint::read_state(dir)?;

@@ -350,3 +350,55 @@ fn phantom_config_parses_with_its_options() {
     assert_eq!(c.model.text_config.vocab_size, 49408);
     assert_eq!(ClipTrainConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap(), c);
 }
+
+/// `[init]`: a run starts from the given CLIP (and label head) instead of a random one; a CLIP of
+/// another shape, a missing file or a head without `label_weight` are refused.
+#[test]
+fn init_fine_tunes_from_trained_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dataset(&dir.path().join("train"), 6, 2);
+    let with_head = |out: &Path, steps: usize, extra: &str| {
+        config(&train, out, steps, extra)
+            .replace("[run]", "[loss]\nlabel_weight = 0.5\n\n[codebook]\nupdate = \"frozen\"\n\n[run]")
+    };
+    let a = dir.path().join("a");
+    let opts = ClipTrainOptions::default();
+    train_clip_with(&ClipTrainConfig::from_toml_str(&with_head(&a, 20, "")).unwrap(), &opts, &mut quiet()).unwrap();
+    let clip = a.join("final/clip.safetensors");
+    let head = a.join("checkpoints/step-00000020/label_head.safetensors");
+    let init = format!("\n[init]\nclip = {:?}\nlabel_head = {:?}\n", clip.to_string_lossy(), head.to_string_lossy());
+    // One step at a vanishing rate: the weights stay those of `a`, and the first loss is a trained
+    // model's (below a fresh model's first loss).
+    let b = dir.path().join("b");
+    let cfg_b =
+        ClipTrainConfig::from_toml_str(&(with_head(&b, 1, "").replace("lr = 3e-3", "lr = 1e-12") + &init)).unwrap();
+    assert!(cfg_b.init.as_ref().is_some_and(|i| i.label_head.is_some()));
+    train_clip_with(&cfg_b, &opts, &mut quiet()).unwrap();
+    let wa = weights(&clip);
+    let wb = weights(&b.join("final/clip.safetensors"));
+    assert_eq!(wa.len(), wb.len());
+    for ((ka, va), (kb, vb)) in wa.iter().zip(&wb) {
+        assert_eq!(ka, kb);
+        let d = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d <= 1e-6, "{ka}: differs from the init by {d}");
+    }
+    let ra = read_records(&a.join("metrics.jsonl")).unwrap();
+    let rb = read_records(&b.join("metrics.jsonl")).unwrap();
+    assert!(rb[0].loss < ra[0].loss, "fine-tune starts at {} (fresh run: {})", rb[0].loss, ra[0].loss);
+    let la = ra.last().unwrap().label_loss.unwrap();
+    let lb = rb[0].label_loss.unwrap();
+    assert!(lb < ra[0].label_loss.unwrap(), "label head not loaded: {lb} vs fresh {}", ra[0].label_loss.unwrap());
+    assert!(lb.is_finite() && la.is_finite());
+    // Refused: a CLIP of another shape (strict load), a missing file, a head with no head loss.
+    let c = dir.path().join("c");
+    let other = (config(&train, &c, 1, "") + &format!("\n[init]\nclip = {:?}\n", clip.to_string_lossy()))
+        .replace("intermediate_size = 32", "intermediate_size = 48");
+    assert!(train_clip_with(&ClipTrainConfig::from_toml_str(&other).unwrap(), &opts, &mut quiet()).is_err());
+    let missing = config(&train, &c, 1, "") + "\n[init]\nclip = \"/nonexistent/clip.safetensors\"\n";
+    assert!(ClipTrainConfig::from_toml_str(&missing).unwrap().validate().is_err());
+    let headless = config(&train, &c, 1, "") + &init;
+    match ClipTrainConfig::from_toml_str(&headless).unwrap().validate() {
+        Err(TrainError::Config(m)) => assert!(m.contains("label_weight"), "{m}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}

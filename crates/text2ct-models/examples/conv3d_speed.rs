@@ -9,7 +9,7 @@ use std::time::Instant;
 use burn::nn::conv::Conv3dConfig;
 use burn::nn::PaddingConfig3d;
 use burn::tensor::{Device, Distribution, Tensor};
-use text2ct_models::blocks::conv3d_forward;
+use text2ct_models::blocks::{conv3d_forward, conv3d_im2col};
 
 fn main() {
     let shapes: Vec<[usize; 5]> = std::env::args()
@@ -28,8 +28,10 @@ fn main() {
     };
     let dev = Device::flex();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("| conv3d 3x3x3 ({threads} threads) | GFLOP | burn ms (best of 3) | burn GFLOP/s | text2ct ms | text2ct GFLOP/s |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| conv3d 3x3x3 ({threads} threads) | GFLOP | burn ms (best of 3) | burn GFLOP/s | im2col product ms | im2col GFLOP/s | conv3d_forward ms | conv3d_forward GFLOP/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for [ci, co, x, y, z] in shapes {
         let conv = Conv3dConfig::new([ci, co], [3, 3, 3]).with_padding(PaddingConfig3d::Explicit(1, 1, 1)).init(&dev);
         let input = Tensor::<5>::random([1, ci, x, y, z], Distribution::Normal(0.0, 1.0), &dev);
@@ -44,11 +46,14 @@ fn main() {
             best
         };
         let burn = time(&|| conv.forward(input.clone()));
+        let im2col = time(&|| conv3d_im2col(&conv, input.clone()).expect("a stride-1 CPU convolution"));
         let ours = time(&|| conv3d_forward(&conv, input.clone()));
         println!(
-            "| {ci}->{co} on {x}x{y}x{z} | {gflop:.2} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {ci}->{co} on {x}x{y}x{z} | {gflop:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
             burn * 1e3,
             gflop / burn,
+            im2col * 1e3,
+            gflop / im2col,
             ours * 1e3,
             gflop / ours
         );

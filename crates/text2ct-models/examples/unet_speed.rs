@@ -25,6 +25,8 @@ fn sync<const D: usize>(t: &Tensor<D>) {
 #[derive(Default)]
 struct Times {
     res: f64,
+    /// ResBlock time per level, keyed by the input's voxel count (largest first when printed).
+    res_by_voxels: std::collections::BTreeMap<usize, (usize, f64)>,
     st_total: f64,
     st_attn1: f64,
     st_attn2: f64,
@@ -32,10 +34,15 @@ struct Times {
 }
 
 fn res(t: &mut Times, r: &UnetResBlock, h: Tensor<5>, emb: &Tensor<2>) -> Tensor<5> {
+    let [_, _, x, yy, z] = h.dims();
     let s = Instant::now();
     let y = r.forward(h, emb);
     sync(&y);
-    t.res += s.elapsed().as_secs_f64();
+    let dt = s.elapsed().as_secs_f64();
+    t.res += dt;
+    let e = t.res_by_voxels.entry(x * yy * z).or_default();
+    e.0 += 1;
+    e.1 += dt;
     y
 }
 
@@ -160,4 +167,49 @@ fn main() {
         tm.st_total - tm.st_attn1 - tm.st_attn2 - tm.st_ff,
         total - tm.res - tm.st_total
     );
+    for (vox, (n, dt)) in tm.res_by_voxels.iter().rev() {
+        println!("  ResBlocks on inputs of {vox} voxels: {n} blocks, {dt:.3} s");
+    }
+
+    // The floor of any batch-1 forward: every weight is read from memory once.
+    let weight_bytes = 4.0 * cfg.num_params().expect("spec") as f64;
+    let gbs = read_bandwidth_gbs();
+    println!(
+        "memory floor: {:.0} MB of f32 weights at this machine's read bandwidth ({gbs:.1} GB/s, {} threads) = {:.3} s per forward",
+        weight_bytes / 1e6,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        weight_bytes / 1e9 / gbs
+    );
+}
+
+/// Read bandwidth (GB/s): the best of 5 sums over a 1 GiB buffer, one slice per thread.
+fn read_bandwidth_gbs() -> f64 {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let buf: Vec<f32> = (0..(1usize << 28)).map(|i| (i & 1023) as f32).collect();
+    let chunk = buf.len().div_ceil(threads);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let total: f32 = std::thread::scope(|s| {
+            let hs: Vec<_> = buf
+                .chunks(chunk)
+                .map(|c| {
+                    s.spawn(move || {
+                        // 16 independent accumulators so the loop is bound by memory, not by adds.
+                        let mut acc = [0f32; 16];
+                        for v in c.chunks_exact(16) {
+                            for (a, x) in acc.iter_mut().zip(v) {
+                                *a += x;
+                            }
+                        }
+                        acc.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).sum()
+        });
+        std::hint::black_box(total);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (buf.len() * 4) as f64 / 1e9 / best
 }

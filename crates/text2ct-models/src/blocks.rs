@@ -184,9 +184,37 @@ fn matrix_path_fits(b: usize, cin: usize, cout: usize, k: usize, p: usize) -> bo
 /// backend, differentiable; stride, dilation or groups other than 1 take burn's path, and so do
 /// patch matrices over 64 MB. Only on the CPU: GPU backends have their own conv kernels.
 pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    match im2col_plan(conv, &x) {
+        Some(plan) if matrix_path_fits(plan.b, plan.cin, plan.cout, plan.k, plan.p) => {
+            conv3d_im2col_with(conv, x, plan)
+        }
+        _ => conv.forward(x),
+    }
+}
+
+/// The im2col matrix product of [`conv3d_forward`] whatever the sizes (`None` where it does not
+/// apply: strides, dilation, groups, padding modes other than explicit, or not on the CPU).
+/// Exposed for the `conv3d_speed` benchmark, which compares it with burn's conv3d.
+pub fn conv3d_im2col(conv: &Conv3d, x: Tensor<5>) -> Option<Tensor<5>> {
+    let plan = im2col_plan(conv, &x)?;
+    Some(conv3d_im2col_with(conv, x, plan))
+}
+
+/// Sizes of an im2col convolution: batch, channels, taps, output grid and voxels, padding.
+#[derive(Clone, Copy)]
+struct Im2colPlan {
+    b: usize,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    p: usize,
+    out: [usize; 3],
+    pad: [usize; 3],
+}
+
+fn im2col_plan(conv: &Conv3d, x: &Tensor<5>) -> Option<Im2colPlan> {
     let [b, cin, d, h, w] = x.dims();
     let [cout, wcin, kd, kh, kw] = conv.weight.dims();
-    let k = kd * kh * kw;
     let pads = match &conv.padding {
         PaddingConfig3d::Explicit(pd, ph, pw) => Some([*pd, *ph, *pw]),
         PaddingConfig3d::Valid => Some([0, 0, 0]),
@@ -194,18 +222,16 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     };
     let simple = conv.stride == [1; 3] && conv.dilation == [1; 3] && conv.groups == 1 && wcin == cin;
     let on_cpu = x.device().inner() == Device::flex();
-    let Some([pd, ph, pw]) = pads.filter(|_| simple && on_cpu) else {
-        return conv.forward(x);
-    };
-    let (od, oh, ow) =
-        ((d + 2 * pd).checked_sub(kd - 1), (h + 2 * ph).checked_sub(kh - 1), (w + 2 * pw).checked_sub(kw - 1));
-    let (Some(od), Some(oh), Some(ow)) = (od, oh, ow) else {
-        return conv.forward(x);
-    };
-    let p = od * oh * ow;
-    if !matrix_path_fits(b, cin, cout, k, p) {
-        return conv.forward(x);
-    }
+    let [pd, ph, pw] = pads.filter(|_| simple && on_cpu)?;
+    let od = (d + 2 * pd).checked_sub(kd - 1)?;
+    let oh = (h + 2 * ph).checked_sub(kh - 1)?;
+    let ow = (w + 2 * pw).checked_sub(kw - 1)?;
+    Some(Im2colPlan { b, cin, cout, k: kd * kh * kw, p: od * oh * ow, out: [od, oh, ow], pad: [pd, ph, pw] })
+}
+
+fn conv3d_im2col_with(conv: &Conv3d, x: Tensor<5>, plan: Im2colPlan) -> Tensor<5> {
+    let Im2colPlan { b, cin, cout, k, p, out: [od, oh, ow], pad: [pd, ph, pw] } = plan;
+    let [_, _, kd, kh, kw] = conv.weight.dims();
     let xp = if pd + ph + pw > 0 { x.pad([(0, 0), (0, 0), (pd, pd), (ph, ph), (pw, pw)], 0.0) } else { x };
     let mut cols = Vec::with_capacity(k);
     for a in 0..kd {
@@ -412,17 +438,22 @@ mod tests {
     fn conv3d_matrix_path_matches_burn() {
         let dev = Device::flex();
         let ad = dev.clone().autodiff();
-        // (cin, cout, k, pad, batch, dims): the first four take the matrix path (b·voxels <= cout).
+        // (cin, cout, k, pad, batch, dims): all but the fifth take the matrix path (b·voxels <= cout).
         let cases = [
             (12, 40, 3, 1, 1, [4, 3, 2]),
             (16, 24, 3, 1, 2, [2, 3, 2]),
             (8, 16, 1, 0, 2, [2, 2, 2]),
             (6, 20, 3, 0, 1, [4, 4, 3]),
             (4, 8, 3, 1, 1, [6, 5, 4]),
+            // Thin inputs, where some kernel planes read only padding; a padding wider than the
+            // kernel, where some outputs see no data at all.
+            (10, 32, 3, 1, 1, [2, 2, 1]),
+            (10, 32, 3, 1, 2, [1, 3, 1]),
+            (3, 128, 3, 3, 1, [1, 1, 1]),
         ];
         for (i, &(cin, cout, k, pad, b, dims)) in cases.iter().enumerate() {
             let out: usize = dims.iter().map(|n| n + 2 * pad + 1 - k).product();
-            assert_eq!(matrix_path_fits(b, cin, cout, k * k * k, out), i < 4, "case {i}");
+            assert_eq!(matrix_path_fits(b, cin, cout, k * k * k, out), i != 4, "case {i}");
             let conv = conv3d(&mut InitSource::new(3), "c", cin, cout, k, 1, pad, &dev);
             let x = Tensor::<5>::random([b, cin, dims[0], dims[1], dims[2]], Distribution::Normal(0.0, 1.0), &dev);
             let e = max_rel(conv.forward(x.clone()), conv3d_forward(&conv, x.clone()));

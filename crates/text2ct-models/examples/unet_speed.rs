@@ -1,10 +1,12 @@
 //! Time one forward pass of the full-width Text2CT U-Net (217.7M parameters, seeded random
 //! weights) on the CPU (`flex`) backend, with a breakdown of where the time goes.
 //!
-//! `cargo run --release -p text2ct-models --example unet_speed -- [X,Y,Z] [repeats]`
+//! `cargo run --release -p text2ct-models --example unet_speed -- [X,Y,Z] [repeats] [bandwidth]`
 //! (default latent 16,16,8, i.e. input [1, 4, 16, 16, 8]; context [1, 1, 768], class label 1,
 //! spacing [75, 75, 300], t = 500). Compare with `fixtures/time_monai_unet.py` on the same input and
-//! thread count. Peak memory: run it under `/usr/bin/time -v`.
+//! thread count. Peak memory: run it under `/usr/bin/time -v` (without `bandwidth`, which
+//! allocates 1 GiB to measure the machine's read bandwidth and prints the weight-streaming floor:
+//! every weight is read once per batch-1 forward, whatever the kernels).
 //!
 //! The breakdown re-runs the network block by block (same arithmetic as `forward_cond`) and
 //! times each ResBlock (3D convolutions + GroupNorm) and each SpatialTransformer, and inside the
@@ -85,6 +87,7 @@ fn main() {
         None => [16, 16, 8],
     };
     let repeats: usize = args.next().map(|r| r.parse().expect("repeats")).unwrap_or(2);
+    let bandwidth = args.next().is_some_and(|a| a == "bandwidth");
     let dev = Device::flex();
     let cfg = UnetConfig::text2ct();
     let t0 = Instant::now();
@@ -172,6 +175,9 @@ fn main() {
     }
 
     // The floor of any batch-1 forward: every weight is read from memory once.
+    if !bandwidth {
+        return;
+    }
     let weight_bytes = 4.0 * cfg.num_params().expect("spec") as f64;
     let gbs = read_bandwidth_gbs();
     println!(

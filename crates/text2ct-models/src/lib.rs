@@ -36,7 +36,7 @@ pub mod weights;
 
 /// The burn version the models are built with (so dependents need not name it).
 pub use burn;
-pub use clip3d::{clip_loss, Clip3d, Clip3dConfig, ClipVisionEncoder};
+pub use clip3d::{clip_loss, clip_loss_with_negatives, Clip3d, Clip3dConfig, ClipVisionEncoder};
 pub use clip_text::{ClipTextConfig, ClipTextEncoder};
 pub use ctvit::{CtVit, CtVitConfig};
 pub use error::{ModelError, Result};

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 use text2ct_models::clip_text::eos_positions;
 use text2ct_models::{
-    clip_loss, Clip3d, Clip3dConfig, ClipTextConfig, ClipTextEncoder, CtVitConfig, NpyArray, StateDict,
+    clip_loss, clip_loss_with_negatives, Clip3d, Clip3dConfig, ClipTextConfig, ClipTextEncoder, CtVitConfig, NpyArray,
+    StateDict,
 };
 
 fn fixtures(name: &str) -> PathBuf {
@@ -162,6 +163,35 @@ fn clip_loss_matches_hand_computation() {
     .into_scalar();
     let want = -(100f64 - (100f64.exp() + 1.0).ln());
     assert!((a as f64 - want).abs() < 1e-5, "{a} vs {want}");
+}
+
+/// Extra negative texts enter only the image -> text softmax; none at all is `clip_loss`.
+#[test]
+fn clip_loss_with_negatives_matches_hand_computation() {
+    let dev = Device::flex();
+    let t = |v: Vec<f32>, r: usize| Tensor::<2>::from_data(TensorData::new(v, [r, 2]), &dev);
+    let ls = || Tensor::<1>::from_data(TensorData::new(vec![1.0f32], [1]), &dev);
+    let img = || t(vec![1.0, 0.0, 0.6, 0.8], 2);
+    let txt = || t(vec![0.8, 0.6, 0.0, 1.0], 2);
+    let neg = || t(vec![0.6, -0.8], 1);
+    let plain: f32 = clip_loss(img(), txt(), ls()).into_scalar();
+    let none: f32 = clip_loss_with_negatives(img(), txt(), None, ls()).into_scalar();
+    let empty: f32 = clip_loss_with_negatives(img(), txt(), Some(Tensor::<2>::zeros([0, 2], &dev)), ls()).into_scalar();
+    assert_eq!(plain, none);
+    assert_eq!(plain, empty);
+    let got: f64 = clip_loss_with_negatives(img(), txt(), Some(neg()), ls()).into_scalar::<f32>() as f64;
+    let s = 1f64.exp();
+    let dot = |a: [f64; 2], b: [f64; 2]| a[0] * b[0] + a[1] * b[1];
+    let (im, tx, ng) = ([[1.0, 0.0], [0.6, 0.8]], [[0.8, 0.6], [0.0, 1.0]], [0.6, -0.8]);
+    let ce = |row: &[f64], k: usize| -(row[k] - row.iter().map(|v| v.exp()).sum::<f64>().ln());
+    // text -> image: as clip_loss.
+    let lt = (0..2).map(|k| ce(&[s * dot(tx[k], im[0]), s * dot(tx[k], im[1])], k)).sum::<f64>() / 2.0;
+    // image -> text: over both batch texts and the negative.
+    let li =
+        (0..2).map(|k| ce(&[s * dot(im[k], tx[0]), s * dot(im[k], tx[1]), s * dot(im[k], ng)], k)).sum::<f64>() / 2.0;
+    let want = (lt + li) / 2.0;
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    assert!(got > plain as f64, "a negative can only add to the loss: {got} vs {plain}");
 }
 
 fn ctvit_cfg() -> CtVitConfig {

@@ -88,3 +88,61 @@ mod tests {
         assert!(many.len() > 5, "captions should vary with the seed");
     }
 }
+
+/// The report of the mirror-image scan: every whole word `left` / `right` swapped, case kept
+/// (`Left` ↔ `Right`, `LEFT` ↔ `RIGHT`); `None` when the report names no side. Used as a hard
+/// negative for CLIP training (`[loss] mirror_negatives` in `train clip`): a volume must match its
+/// own report better than the same report with the sides swapped, which only an encoder that
+/// reads laterality can do. (Words such as "leftward" or "bright" are left alone.)
+pub fn mirror_sides(report: &str) -> Option<String> {
+    let mut out = String::with_capacity(report.len());
+    let mut swapped = false;
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String, swapped: &mut bool| {
+        let rep = match word.as_str() {
+            "left" => Some("right"),
+            "right" => Some("left"),
+            "Left" => Some("Right"),
+            "Right" => Some("Left"),
+            "LEFT" => Some("RIGHT"),
+            "RIGHT" => Some("LEFT"),
+            _ => None,
+        };
+        match rep {
+            Some(r) => {
+                out.push_str(r);
+                *swapped = true;
+            }
+            None => out.push_str(word),
+        }
+        word.clear();
+    };
+    for ch in report.chars() {
+        if ch.is_alphanumeric() {
+            word.push(ch);
+        } else {
+            flush(&mut word, &mut out, &mut swapped);
+            out.push(ch);
+        }
+    }
+    flush(&mut word, &mut out, &mut swapped);
+    swapped.then_some(out)
+}
+
+#[cfg(test)]
+mod mirror_tests {
+    use super::mirror_sides;
+
+    #[test]
+    fn swaps_whole_side_words_only() {
+        assert_eq!(
+            mirror_sides("Right pleural effusion. Nodule in the left upper lobe; LEFT-sided.").as_deref(),
+            Some("Left pleural effusion. Nodule in the right upper lobe; RIGHT-sided.")
+        );
+        assert_eq!(mirror_sides("Bright leftward copyright rightly."), None);
+        assert_eq!(mirror_sides("No pleural effusion."), None);
+        assert_eq!(mirror_sides("right"), Some("left".to_string()));
+        let r = "Effusion on the right, nodule on the left.";
+        assert_eq!(mirror_sides(&mirror_sides(r).unwrap()).as_deref(), Some(r));
+    }
+}

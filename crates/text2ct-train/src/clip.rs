@@ -45,7 +45,7 @@ use text2ct_data::labels::NUM_LABELS;
 use text2ct_models::clip3d::LOGIT_SCALE_MAX;
 use text2ct_models::clip_text::l2_normalize;
 use text2ct_models::ctvit::pool_tokens;
-use text2ct_models::{clip_loss, Clip3d, Clip3dConfig, ClipTextEncoder, StateDict};
+use text2ct_models::{clip_loss_with_negatives, Clip3d, Clip3dConfig, ClipTextEncoder, StateDict};
 use text2ct_text::ClipTokenizer;
 
 use rand::{Rng, SeedableRng};
@@ -119,6 +119,15 @@ pub struct ClipLossConfig {
     /// the exported CLIP (its keys stay Text2CT's). Default 0 (off; pure InfoNCE as released).
     #[serde(default)]
     pub label_weight: f64,
+    /// Mirror-report hard negatives (a text2ct option, not in the reference): each pair whose report
+    /// names a side (`left` / `right`) adds that report with every side swapped
+    /// ([`crate::caption::mirror_sides`]) as an extra negative text in the image → text direction
+    /// ([`text2ct_models::clip_loss_with_negatives`]). Random negatives almost never differ from a
+    /// report only in its sides, so plain InfoNCE gives the towers no reason to encode laterality
+    /// (a left effusion then conditions generation like a right one, docs/evaluation/prompt-effects.md);
+    /// the mirror report does. Label captions name no side and get no mirror. Default false.
+    #[serde(default)]
+    pub mirror_negatives: bool,
 }
 
 /// `[codebook]`: how CT-ViT's vector-quantisation codebook (a buffer, not a parameter) is trained.
@@ -800,12 +809,18 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     let tok = ClipTokenizer::default_embedded().map_err(|e| TrainError::Train(format!("tokenizer: {e}")))?;
     let mut tokens: HashMap<String, Vec<u32>> = HashMap::new();
     let mut labels: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut mirrors: HashMap<String, Vec<u32>> = HashMap::new();
     let mut truncated = 0usize;
     for it in &train_set.items {
         let (ids, cut) = tok.encode_padded(&it.entry.report, text_len);
         truncated += cut as usize;
         tokens.insert(it.entry.id.clone(), ids);
         labels.insert(it.entry.id.clone(), it.entry.labels.clone());
+        if cfg.loss.mirror_negatives {
+            if let Some(m) = crate::caption::mirror_sides(&it.entry.report) {
+                mirrors.insert(it.entry.id.clone(), tok.encode_padded(&m, text_len).0);
+            }
+        }
     }
     let caption_prob = cfg.data.label_caption_prob;
     let label_weight = cfg.loss.label_weight;
@@ -945,20 +960,32 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
             let batch = loader.next_batch()?;
             let x = Tensor::<5>::from_data(TensorData::new(batch.data, batch.dims), &dev);
             let mut rng = ChaCha8Rng::seed_from_u64(step_seed(seed, 20 + micro as u64, step as u64));
-            let ids: Vec<Vec<u32>> = batch
+            let mut negatives: Vec<Vec<u32>> = Vec::new();
+            let mut ids: Vec<Vec<u32>> = batch
                 .ids
                 .iter()
                 .map(|id| {
                     if caption_prob > 0.0 && rng.random_bool(caption_prob) {
                         tok.encode_padded(&label_caption(&labels[id], &mut rng), text_len).0
                     } else {
+                        negatives.extend(mirrors.get(id).cloned());
                         tokens[id].clone()
                     }
                 })
                 .collect();
+            // One text forward for the batch's reports and their mirrors.
+            let b = ids.len();
+            let m = negatives.len();
+            ids.extend(negatives);
             let ids = trim_after_eos(ids);
             model.text.check_ids(&ids)?;
-            let txt = model.encode_text(ClipTextEncoder::ids_tensor(&ids, &dev));
+            let all = model.encode_text(ClipTextEncoder::ids_tensor(&ids, &dev));
+            let (txt, extra) = if m > 0 {
+                let p = all.dims()[1];
+                (all.clone().slice([0..b, 0..p]), Some(all.slice([b..b + m, 0..p])))
+            } else {
+                (all, None)
+            };
             let (img, flat, codes) = encode_volume_train_codes(&model, x)?;
             if cfg.codebook.update == CodebookUpdate::Ema && cfg.model.vision_config.quantize {
                 if let Some(v) = model.vision.as_mut() {
@@ -966,7 +993,7 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
                 }
             }
             acc_sum += batch_accuracy(&rows(img.clone().detach())?, &rows(txt.clone().detach())?);
-            let mut loss = clip_loss(img.clone(), txt.clone(), model.logit_scale.val());
+            let mut loss = clip_loss_with_negatives(img.clone(), txt.clone(), extra, model.logit_scale.val());
             let lv = loss.clone().into_scalar::<f32>() as f64;
             if !lv.is_finite() {
                 return Err(TrainError::Train(format!("non-finite loss {lv} at step {step}")));

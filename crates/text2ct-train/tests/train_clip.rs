@@ -402,3 +402,26 @@ fn init_fine_tunes_from_trained_weights() {
         other => panic!("expected a config error, got {other:?}"),
     }
 }
+
+/// `[loss] mirror_negatives`: reports naming a side bring their mirror as an extra negative. Same
+/// seed, same first batch: the first loss is higher with them (more candidates in the image ->
+/// text softmax, the hardest one a near copy of the target); the run resumes exactly.
+#[test]
+fn mirror_negatives_add_hard_negatives_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dataset(&dir.path().join("train"), 6, 3);
+    // The blob reports name sides ("left", "centre right", ...) except "middle".
+    assert!(std::fs::read_to_string(&train).unwrap().contains("right"));
+    let mirror = |out: &Path| config(&train, out, 6, "").replace("[run]", "[loss]\nmirror_negatives = true\n\n[run]");
+    let (a, _) = assert_resume_exact(dir.path(), &mirror);
+    let plain = dir.path().join("plain");
+    train_clip_with(
+        &ClipTrainConfig::from_toml_str(&config(&train, &plain, 1, "")).unwrap(),
+        &ClipTrainOptions::default(),
+        &mut quiet(),
+    )
+    .unwrap();
+    let with = read_records(&a.join("metrics.jsonl")).unwrap()[0].loss;
+    let without = read_records(&plain.join("metrics.jsonl")).unwrap()[0].loss;
+    assert!(with > without + 1e-4, "first loss with mirrors {with}, without {without}");
+}

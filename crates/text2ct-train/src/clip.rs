@@ -128,6 +128,37 @@ pub struct ClipLossConfig {
     /// the mirror report does. Label captions name no side and get no mirror. Default false.
     #[serde(default)]
     pub mirror_negatives: bool,
+    /// Extra targets of the label head, read from the report text (a text2ct option): each is
+    /// present when its regular expression matches the pair's report. What the 18 CT-RATE labels
+    /// cannot say — the side of a finding, e.g. `name = "right pleural effusion"`,
+    /// `pattern = "(?i)\\b(right|bilateral) pleural effusion"` — gets the same direct, shared
+    /// supervision of both towers as the labels (the head grows to `18 + n` outputs). Needs
+    /// `label_weight > 0`. Default none.
+    #[serde(default)]
+    pub report_labels: Vec<ReportLabel>,
+}
+
+/// One `[[loss.report_labels]]` entry: a named target, present where `pattern` (Rust `regex`
+/// syntax) matches the report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportLabel {
+    pub name: String,
+    pub pattern: String,
+}
+
+impl ClipLossConfig {
+    /// The compiled `report_labels` patterns (errors name the entry).
+    pub fn report_label_regexes(&self) -> Result<Vec<regex::Regex>> {
+        self.report_labels
+            .iter()
+            .map(|l| {
+                regex::Regex::new(&l.pattern).map_err(|e| {
+                    TrainError::Config(format!("loss.report_labels {:?}: bad pattern {:?}: {e}", l.name, l.pattern))
+                })
+            })
+            .collect()
+    }
 }
 
 /// `[codebook]`: how CT-ViT's vector-quantisation codebook (a buffer, not a parameter) is trained.
@@ -318,6 +349,13 @@ impl ClipTrainConfig {
         if !(0.0..=1.0).contains(&d.label_caption_prob) {
             return bad(format!("data.label_caption_prob must be in [0, 1]; got {}", d.label_caption_prob));
         }
+        if !self.loss.report_labels.is_empty() && self.loss.label_weight == 0.0 {
+            return bad("loss.report_labels needs loss.label_weight > 0 (they are targets of the label head)");
+        }
+        if self.loss.report_labels.iter().any(|l| l.name.trim().is_empty()) {
+            return bad("loss.report_labels: every entry needs a name");
+        }
+        self.loss.report_label_regexes()?;
         if let Some(init) = &self.init {
             if !init.clip.is_file() {
                 return bad(format!("init.clip {} does not exist", init.clip.display()));
@@ -438,16 +476,17 @@ pub fn clip_loss_curve(recs: &[ClipStepRecord], batch: usize) -> LinePlot {
     }
 }
 
-/// The shared label head of `[loss] label_weight`: `Linear(projection_dim -> 18)`, weights
+/// The shared label head of `[loss] label_weight`: `Linear(projection_dim -> priors.len())` (the 18
+/// labels, then any `report_labels`), weights
 /// uniform in ±1/sqrt(projection_dim) from `seed`, bias = the log-odds of each label's training
 /// prevalence `priors[k]` (clamped to [1e-3, 1 - 1e-3]; so the head starts at the best constant
 /// prediction and the gradient goes into the embeddings, not into learning the priors),
 /// parameter ids from 1 << 40 (disjoint from the CLIP's). Apply it with [`label_logits`].
 pub fn new_label_head(projection_dim: usize, seed: u64, priors: &[f64], dev: &Device) -> Result<Linear> {
-    if priors.len() != NUM_LABELS {
-        return Err(TrainError::Train(format!("{} label priors for {NUM_LABELS} labels", priors.len())));
+    if priors.len() < NUM_LABELS {
+        return Err(TrainError::Train(format!("{} label priors for at least {NUM_LABELS} labels", priors.len())));
     }
-    let head = LinearConfig::new(projection_dim, NUM_LABELS).init(dev);
+    let head = LinearConfig::new(projection_dim, priors.len()).init(dev);
     let mut rng = ChaCha8Rng::seed_from_u64(step_seed(seed, 30, 0));
     let bound = 1.0 / (projection_dim as f32).sqrt();
     let vals = params::export(&head)?
@@ -811,11 +850,21 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     let mut labels: HashMap<String, Vec<u8>> = HashMap::new();
     let mut mirrors: HashMap<String, Vec<u32>> = HashMap::new();
     let mut truncated = 0usize;
+    let report_res = cfg.loss.report_label_regexes()?;
+    let n_targets = NUM_LABELS + report_res.len();
+    let mut report_counts = vec![0usize; report_res.len()];
     for it in &train_set.items {
         let (ids, cut) = tok.encode_padded(&it.entry.report, text_len);
         truncated += cut as usize;
         tokens.insert(it.entry.id.clone(), ids);
-        labels.insert(it.entry.id.clone(), it.entry.labels.clone());
+        let mut l = it.entry.labels.clone();
+        l.resize(NUM_LABELS, 0);
+        for (k, re) in report_res.iter().enumerate() {
+            let hit = re.is_match(&it.entry.report);
+            report_counts[k] += hit as usize;
+            l.push(hit as u8);
+        }
+        labels.insert(it.entry.id.clone(), l);
         if cfg.loss.mirror_negatives {
             if let Some(m) = crate::caption::mirror_sides(&it.entry.report) {
                 mirrors.insert(it.entry.id.clone(), tok.encode_padded(&m, text_len).0);
@@ -829,7 +878,9 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     let mut model = canonical(Clip3d::new(&cfg.model, seed, &dev)?)?;
     let mut optim = adamw(&cfg.optim);
     let mut head = if label_weight > 0.0 {
-        Some(new_label_head(cfg.model.projection_dim, seed, &train_set.prevalence(), &dev)?)
+        let mut priors = train_set.prevalence();
+        priors.extend(report_counts.iter().map(|&c| c as f64 / train_set.len().max(1) as f64));
+        Some(new_label_head(cfg.model.projection_dim, seed, &priors, &dev)?)
     } else {
         None
     };
@@ -853,8 +904,10 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     }
     if let (Some(init), None) = (&cfg.init, &resumed_from) {
         model = canonical(Clip3d::load(&cfg.model, &init.clip, &dev)?)?;
-        if let (Some(hp), Some(h)) = (&init.label_head, head.take()) {
-            head = Some(params::assign_ids(params::load_safetensors(h, hp)?, 1 << 40));
+        if let Some(hp) = &init.label_head {
+            if let Some(h) = head.take() {
+                head = Some(params::assign_ids(params::load_safetensors(h, hp)?, 1 << 40));
+            }
         }
         progress(ProgressEvent::Message(format!(
             "initialised from {}{}",
@@ -903,6 +956,15 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
         "CLIP ({num_params} parameters), {} training pairs of {sd:?} volumes, text length {text_len} ({truncated} reports truncated), batch {bsz} x {accum} accumulation, warm-up {warmup} steps",
         train_set.len()
     )));
+    if !report_res.is_empty() {
+        let list: Vec<String> =
+            cfg.loss.report_labels.iter().zip(&report_counts).map(|(l, c)| format!("{:?} in {c}", l.name)).collect();
+        progress(ProgressEvent::Message(format!(
+            "report labels (extra label-head targets) of {} training reports: {}",
+            train_set.len(),
+            list.join(", ")
+        )));
+    }
     progress(ProgressEvent::Start { start_step: step, total_steps: total, resumed_from: resumed_from.clone() });
 
     let start_step = step;
@@ -1004,9 +1066,9 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
                 let y: Vec<f32> = batch
                     .ids
                     .iter()
-                    .flat_map(|id| (0..NUM_LABELS).map(|k| f32::from(labels[id].get(k).copied().unwrap_or(0) != 0)))
+                    .flat_map(|id| (0..n_targets).map(|k| f32::from(labels[id].get(k).copied().unwrap_or(0) != 0)))
                     .collect();
-                let y = Tensor::<2>::from_data(TensorData::new(y, [b, NUM_LABELS]), &dev);
+                let y = Tensor::<2>::from_data(TensorData::new(y, [b, n_targets]), &dev);
                 let aux =
                     (label_bce(label_logits(h, img), y.clone()) + label_bce(label_logits(h, txt), y)).mul_scalar(0.5);
                 label_sum += aux.clone().into_scalar::<f32>() as f64;
@@ -1174,5 +1236,9 @@ mod tests {
         let l = rows(label_logits(&h, z)).unwrap().remove(0);
         assert_eq!(l, b);
         assert!(new_label_head(8, 1, &priors[..3], &dev).is_err());
+        // Report labels add outputs after the 18.
+        priors.push(0.5);
+        let h = new_label_head(8, 1, &priors, &dev).unwrap();
+        assert_eq!(h.weight.val().dims(), [8, NUM_LABELS + 1]);
     }
 }

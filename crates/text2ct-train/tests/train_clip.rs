@@ -389,6 +389,18 @@ fn init_fine_tunes_from_trained_weights() {
     let lb = rb[0].label_loss.unwrap();
     assert!(lb < ra[0].label_loss.unwrap(), "label head not loaded: {lb} vs fresh {}", ra[0].label_loss.unwrap());
     assert!(lb.is_finite() && la.is_finite());
+    // [init] without a label head keeps the run's fresh head (the label loss is still trained).
+    let fresh = dir.path().join("fresh");
+    let only_clip = format!("\n[init]\nclip = {:?}\n", clip.to_string_lossy());
+    train_clip_with(
+        &ClipTrainConfig::from_toml_str(&(with_head(&fresh, 1, "") + &only_clip)).unwrap(),
+        &opts,
+        &mut quiet(),
+    )
+    .unwrap();
+    let rf = read_records(&fresh.join("metrics.jsonl")).unwrap();
+    assert!(rf[0].label_loss.is_some_and(|l| l.is_finite()), "{rf:?}");
+    assert!(fresh.join("checkpoints/step-00000001/label_head.safetensors").is_file());
     // Refused: a CLIP of another shape (strict load), a missing file, a head with no head loss.
     let c = dir.path().join("c");
     let other = (config(&train, &c, 1, "") + &format!("\n[init]\nclip = {:?}\n", clip.to_string_lossy()))
@@ -424,4 +436,35 @@ fn mirror_negatives_add_hard_negatives_and_resume_exactly() {
     let with = read_records(&a.join("metrics.jsonl")).unwrap()[0].loss;
     let without = read_records(&plain.join("metrics.jsonl")).unwrap()[0].loss;
     assert!(with > without + 1e-4, "first loss with mirrors {with}, without {without}");
+}
+
+/// `[[loss.report_labels]]`: targets matched in the report join the label head (18 + n outputs,
+/// in the checkpoint), the run resumes exactly, and bad entries are refused.
+#[test]
+fn report_labels_extend_the_label_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dataset(&dir.path().join("train"), 6, 4);
+    let extra = "[loss]\nlabel_weight = 0.5\n\n[[loss.report_labels]]\nname = \"right side\"\npattern = \"(?i)\\\\bright\\\\b\"\n\n[[loss.report_labels]]\nname = \"left side\"\npattern = \"(?i)\\\\bleft\\\\b\"\n\n[run]";
+    let toml = |out: &Path| config(&train, out, 6, "").replace("[run]", extra);
+    let cfg = ClipTrainConfig::from_toml_str(&toml(&dir.path().join("x"))).unwrap();
+    assert_eq!(cfg.loss.report_labels.len(), 2);
+    assert!(cfg.loss.report_label_regexes().unwrap()[0].is_match("centre Right front"));
+    let (a, _) = assert_resume_exact(dir.path(), &toml);
+    let head = text2ct_models::StateDict::read_safetensors(&a.join("checkpoints/step-00000006/label_head.safetensors"))
+        .unwrap();
+    let w = head.tensors.values().find(|t| t.shape.len() == 2).expect("head weight");
+    assert!(w.shape.contains(&20), "head shape {:?}", w.shape);
+    let recs = read_records(&a.join("metrics.jsonl")).unwrap();
+    assert!(recs.iter().all(|r| r.label_loss.is_some_and(|l| l.is_finite())));
+    // Refused: no label head, a bad pattern, an unnamed entry.
+    let c = dir.path().join("c");
+    let no_head = toml(&c).replace("label_weight = 0.5", "label_weight = 0.0");
+    assert!(ClipTrainConfig::from_toml_str(&no_head).unwrap().validate().is_err());
+    let bad = toml(&c).replace("(?i)\\\\bleft\\\\b", "(unclosed");
+    match ClipTrainConfig::from_toml_str(&bad).unwrap().validate() {
+        Err(TrainError::Config(m)) => assert!(m.contains("left side") && m.contains("pattern"), "{m}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    let unnamed = toml(&c).replace("name = \"left side\"", "name = \" \"");
+    assert!(ClipTrainConfig::from_toml_str(&unnamed).unwrap().validate().is_err());
 }

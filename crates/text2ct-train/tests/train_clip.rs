@@ -136,6 +136,12 @@ fn loss_decreases_and_weights_load_with_text2ct_names() {
     assert!(r >= 0.5, "training-pair top-1 recall {r}");
 }
 
+/// A run of `config` with no options, trained to the end.
+fn train_plain(train: &Path, out: &Path, steps: usize) {
+    let cfg = ClipTrainConfig::from_toml_str(&config(train, out, steps, "")).unwrap();
+    train_clip_with(&cfg, &ClipTrainOptions::default(), &mut quiet()).unwrap();
+}
+
 fn top1_recall(t: &[Vec<f32>], v: &[Vec<f32>]) -> f64 {
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     let hits = (0..t.len()).filter(|&i| (0..v.len()).all(|j| j == i || dot(&t[i], &v[j]) < dot(&t[i], &v[i]))).count();
@@ -172,12 +178,7 @@ fn label_head_and_captions_resume_exactly_and_stay_out_of_the_export() {
     assert!(recs.iter().all(|r| r.label_loss.is_some_and(|l| l.is_finite() && l > 0.0)), "{recs:?}");
     // Same keys as a plain run's export.
     let plain = dir.path().join("plain");
-    train_clip_with(
-        &ClipTrainConfig::from_toml_str(&config(&train, &plain, 1, "")).unwrap(),
-        &ClipTrainOptions::default(),
-        &mut quiet(),
-    )
-    .unwrap();
+    train_plain(&train, &plain, 1);
     let keys = |p: &Path| weights(p).into_iter().map(|(k, _)| k).collect::<Vec<_>>();
     assert_eq!(keys(&a.join("final/clip.safetensors")), keys(&plain.join("final/clip.safetensors")));
     // The label loss is what the head and the towers learn: after 30 steps on 6 pairs it is
@@ -427,12 +428,7 @@ fn mirror_negatives_add_hard_negatives_and_resume_exactly() {
     let mirror = |out: &Path| config(&train, out, 6, "").replace("[run]", "[loss]\nmirror_negatives = true\n\n[run]");
     let (a, _) = assert_resume_exact(dir.path(), &mirror);
     let plain = dir.path().join("plain");
-    train_clip_with(
-        &ClipTrainConfig::from_toml_str(&config(&train, &plain, 1, "")).unwrap(),
-        &ClipTrainOptions::default(),
-        &mut quiet(),
-    )
-    .unwrap();
+    train_plain(&train, &plain, 1);
     let with = read_records(&a.join("metrics.jsonl")).unwrap()[0].loss;
     let without = read_records(&plain.join("metrics.jsonl")).unwrap()[0].loss;
     assert!(with > without + 1e-4, "first loss with mirrors {with}, without {without}");

@@ -162,13 +162,17 @@ fn generate_uses_the_embedded_default_model() {
     let d = std::env::temp_dir().join(format!("text2ct-cli-gen-default-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     let out = d.join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_text2ct"))
-        .args(["generate", "--prompt", "Findings: Right pleural effusion. Impression: Right pleural effusion."])
-        .args(["--steps", "2", "--seed", "3", "--dicom", "--out", out.to_str().unwrap()])
-        .env_remove("TEXT2CT_MODEL")
-        .env("TEXT2CT_CACHE", d.join("cache"))
-        .output()
-        .unwrap();
+    // The same job each time (a restart finds what the first run wrote).
+    let generate = || {
+        Command::new(env!("CARGO_BIN_EXE_text2ct"))
+            .args(["generate", "--prompt", "Findings: Right pleural effusion. Impression: Right pleural effusion."])
+            .args(["--steps", "2", "--seed", "3", "--dicom", "--out", out.to_str().unwrap()])
+            .env_remove("TEXT2CT_MODEL")
+            .env("TEXT2CT_CACHE", d.join("cache"))
+            .output()
+            .unwrap()
+    };
+    let o = generate();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("phantom-default") && err.contains("not patients"), "{err}");
@@ -199,13 +203,7 @@ fn generate_uses_the_embedded_default_model() {
     }
     // A restarted job skips the finished volume but writes a missing DICOM series.
     std::fs::remove_dir_all(out.join("prompt_seed3_dicom")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_text2ct"))
-        .args(["generate", "--prompt", "Findings: Right pleural effusion. Impression: Right pleural effusion."])
-        .args(["--steps", "2", "--seed", "3", "--dicom", "--out", out.to_str().unwrap()])
-        .env_remove("TEXT2CT_MODEL")
-        .env("TEXT2CT_CACHE", d.join("cache"))
-        .output()
-        .unwrap();
+    let o = generate();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("1 already present"));
     let (dv2, _) =

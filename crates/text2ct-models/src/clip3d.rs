@@ -261,50 +261,41 @@ impl Clip3d {
 /// targets. `logit_scale` is `[1]`. Differentiable in all three (the clamp stops the gradient of
 /// `logit_scale` outside the range).
 pub fn clip_loss(img: Tensor<2>, txt: Tensor<2>, logit_scale: Tensor<1>) -> Tensor<1> {
-    let [b, _] = img.dims();
-    let dev = img.device();
-    let scale = logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp().reshape([1, 1]);
-    let logits = l2_normalize(txt).matmul(l2_normalize(img).transpose()) * scale;
-    let eye = Tensor::<2>::from_data(
-        TensorData::new((0..b * b).map(|i| if i / b == i % b { 1.0f32 } else { 0.0 }).collect::<Vec<_>>(), [b, b]),
-        &dev,
-    );
-    let ce = |l: Tensor<2>| (log_softmax(l, 1) * eye.clone()).sum().neg().div_scalar(b as f64);
-    (ce(logits.clone()) + ce(logits.transpose())).div_scalar(2.0)
+    clip_loss_with_negatives(img, txt, None, logit_scale)
 }
 
 /// [`clip_loss`] with `extra` texts (`[M, P]`) that belong to no volume of the batch: in the
 /// image → text direction each volume's softmax runs over the `B` batch texts and the `M` extra
 /// ones (its target stays its own text); the text → image direction is unchanged. With hard
-/// negatives as extras (a report with its sides swapped, [`crate`] users build them), a volume
-/// must tell its report from one that differs only there. `M = 0` gives [`clip_loss`].
+/// negatives as extras (e.g. a report with its sides swapped, which the trainer builds), a volume
+/// must tell its report from one that differs only there. No extras (`None` or `M = 0`) is
+/// [`clip_loss`].
 pub fn clip_loss_with_negatives(
     img: Tensor<2>,
     txt: Tensor<2>,
     extra: Option<Tensor<2>>,
     logit_scale: Tensor<1>,
 ) -> Tensor<1> {
-    let Some(extra) = extra.filter(|e| e.dims()[0] > 0) else {
-        return clip_loss(img, txt, logit_scale);
-    };
     let [b, _] = img.dims();
-    let [m, _] = extra.dims();
     let dev = img.device();
     let scale = logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp().reshape([1, 1]);
     let img = l2_normalize(img);
-    let txt = l2_normalize(txt);
-    let t2i = txt.clone().matmul(img.clone().transpose()) * scale.clone();
-    let all = Tensor::cat(vec![txt, l2_normalize(extra)], 0);
-    let i2t = img.matmul(all.transpose()) * scale;
-    let eye = |cols: usize| {
-        Tensor::<2>::from_data(
+    let logits = l2_normalize(txt).matmul(img.clone().transpose()) * scale.clone();
+    // Image -> text: the transposed batch logits, then one column per extra text.
+    let i2t = match extra.filter(|e| e.dims()[0] > 0) {
+        Some(e) => Tensor::cat(vec![logits.clone().transpose(), img.matmul(l2_normalize(e).transpose()) * scale], 1),
+        None => logits.clone().transpose(),
+    };
+    let ce = |l: Tensor<2>| {
+        let cols = l.dims()[1];
+        let eye = Tensor::<2>::from_data(
             TensorData::new(
                 (0..b * cols).map(|i| if i / cols == i % cols { 1.0f32 } else { 0.0 }).collect::<Vec<_>>(),
                 [b, cols],
             ),
             &dev,
-        )
+        );
+        (log_softmax(l, 1) * eye).sum().neg().div_scalar(b as f64)
     };
-    let ce = |l: Tensor<2>, cols: usize| (log_softmax(l, 1) * eye(cols)).sum().neg().div_scalar(b as f64);
-    (ce(t2i, b) + ce(i2t, b + m)).div_scalar(2.0)
+    (ce(logits) + ce(i2t)).div_scalar(2.0)
 }

@@ -49,6 +49,29 @@ pub fn label_caption<R: Rng + ?Sized>(labels: &[u8], rng: &mut R) -> String {
     format!("Findings: {} Impression: {}", sentences.join(" "), impression)
 }
 
+/// The report of the mirror-image scan: every whole word `left` / `right` swapped, case kept
+/// (`Left` ↔ `Right`, `LEFT` ↔ `RIGHT`); `None` when the report names no side. Used as a hard
+/// negative for CLIP training (`[loss] mirror_negatives` in `train clip`): a volume must match its
+/// own report better than the same report with the sides swapped, which only an encoder that
+/// reads laterality can do. (Words such as "leftward" or "bright" are left alone.)
+pub fn mirror_sides(report: &str) -> Option<String> {
+    static SIDE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\b(left|right|Left|Right|LEFT|RIGHT)\b").expect("valid pattern")
+    });
+    if !SIDE.is_match(report) {
+        return None;
+    }
+    let swapped = SIDE.replace_all(report, |c: &regex::Captures| match &c[1] {
+        "left" => "right",
+        "right" => "left",
+        "Left" => "Right",
+        "Right" => "Left",
+        "LEFT" => "RIGHT",
+        _ => "LEFT",
+    });
+    Some(swapped.into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,54 +110,9 @@ mod tests {
             (0..10).map(|s| label_caption(&labels, &mut ChaCha8Rng::seed_from_u64(s))).collect();
         assert!(many.len() > 5, "captions should vary with the seed");
     }
-}
-
-/// The report of the mirror-image scan: every whole word `left` / `right` swapped, case kept
-/// (`Left` ↔ `Right`, `LEFT` ↔ `RIGHT`); `None` when the report names no side. Used as a hard
-/// negative for CLIP training (`[loss] mirror_negatives` in `train clip`): a volume must match its
-/// own report better than the same report with the sides swapped, which only an encoder that
-/// reads laterality can do. (Words such as "leftward" or "bright" are left alone.)
-pub fn mirror_sides(report: &str) -> Option<String> {
-    let mut out = String::with_capacity(report.len());
-    let mut swapped = false;
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String, swapped: &mut bool| {
-        let rep = match word.as_str() {
-            "left" => Some("right"),
-            "right" => Some("left"),
-            "Left" => Some("Right"),
-            "Right" => Some("Left"),
-            "LEFT" => Some("RIGHT"),
-            "RIGHT" => Some("LEFT"),
-            _ => None,
-        };
-        match rep {
-            Some(r) => {
-                out.push_str(r);
-                *swapped = true;
-            }
-            None => out.push_str(word),
-        }
-        word.clear();
-    };
-    for ch in report.chars() {
-        if ch.is_alphanumeric() {
-            word.push(ch);
-        } else {
-            flush(&mut word, &mut out, &mut swapped);
-            out.push(ch);
-        }
-    }
-    flush(&mut word, &mut out, &mut swapped);
-    swapped.then_some(out)
-}
-
-#[cfg(test)]
-mod mirror_tests {
-    use super::mirror_sides;
 
     #[test]
-    fn swaps_whole_side_words_only() {
+    fn mirror_swaps_whole_side_words_only() {
         assert_eq!(
             mirror_sides("Right pleural effusion. Nodule in the left upper lobe; LEFT-sided.").as_deref(),
             Some("Left pleural effusion. Nodule in the right upper lobe; RIGHT-sided.")

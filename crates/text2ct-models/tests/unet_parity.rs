@@ -2,6 +2,8 @@
 //! `fixtures/gen_unet_fixtures.py`, reference computed by MONAI in float64), the Text2CT
 //! parameter spec against the released state dict's key list, and strict weight loading.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -178,27 +180,11 @@ fn configs_are_checked() {
 }
 
 /// The Text2CT config's parameter spec equals the released checkpoint's 611 keys and shapes
-/// (`shared/reference/text2ct-unet-state-dict.txt`, verified against MONAI 1.6.1), in order.
+/// (`fixtures/reference/text2ct-unet-state-dict.txt`, a copy of the project's verified reference
+/// list `shared/reference/text2ct-unet-state-dict.txt`, checked against MONAI 1.6.1), in order.
 #[test]
 fn text2ct_spec_matches_released_state_dict() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/text2ct-unet-state-dict.txt");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}. This test needs the reference key list of Text2CT's U-Net; the project's `shared/` folder \
-             must sit beside the repository",
-            path.display()
-        )
-    });
-    let want: Vec<(String, Vec<usize>)> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let (k, s) = l.split_once('\t').unwrap_or_else(|| panic!("bad line {l:?}"));
-            let dims = s.trim().trim_start_matches('[').trim_end_matches(']');
-            let shape = dims.split(',').filter(|d| !d.trim().is_empty()).map(|d| d.trim().parse().unwrap()).collect();
-            (k.to_string(), shape)
-        })
-        .collect();
+    let want = common::reference_key_list("text2ct-unet-state-dict.txt");
     assert_eq!(want.len(), 611);
     let got = UnetConfig::text2ct().param_spec().unwrap();
     let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).collect();

@@ -6,6 +6,8 @@
 //! `/work/pyref/bin/python crates/text2ct-models/fixtures/gen_vae_fixtures.py --full`, then
 //! `cargo test --release -p text2ct-models --test vae_parity -- --ignored`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -99,7 +101,8 @@ fn nested_and_prefixed_checkpoint_loads_the_same() {
 
 #[test]
 fn maisi_spec_matches_reference_key_list() {
-    // /work/shared/reference/maisi-vae-state-dict.txt, verified against MONAI 1.6.1.
+    // fixtures/reference/maisi-vae-state-dict.txt: a copy of the project's verified reference list
+    // (shared/reference/maisi-vae-state-dict.txt, checked against MONAI 1.6.1).
     let spec = VaeConfig::maisi().param_spec().unwrap();
     assert_eq!(spec.len(), 130);
     let n: usize = spec.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
@@ -114,18 +117,7 @@ fn maisi_spec_matches_reference_key_list() {
     assert_eq!(find("decoder.blocks.7.nin_shortcut.conv.conv.weight"), Some(vec![64, 128, 1, 1, 1]));
     assert_eq!(find("decoder.blocks.10.conv.conv.weight"), Some(vec![1, 64, 3, 3, 3]));
     assert_eq!(find("post_quant_conv.conv.bias"), Some(vec![4]));
-    // compare with the reference file when it is present
-    let reference = Path::new("/work/shared/reference/maisi-vae-state-dict.txt");
-    if let Ok(text) = std::fs::read_to_string(reference) {
-        let want: Vec<(String, Vec<usize>)> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let (k, s) = l.split_once('\t').unwrap();
-                let s = s.trim().trim_start_matches('[').trim_end_matches(']');
-                (k.to_string(), s.split(',').map(|d| d.trim().parse().unwrap()).collect())
-            })
-            .collect();
-        assert_eq!(spec, want);
-    }
+    // The whole list, in order.
+    let want = common::reference_key_list("maisi-vae-state-dict.txt");
+    assert_eq!(spec, want);
 }

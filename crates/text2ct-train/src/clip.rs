@@ -133,7 +133,11 @@ pub struct ClipLossConfig {
     /// cannot say — the side of a finding, e.g. `name = "right pleural effusion"`,
     /// `pattern = "(?i)\\b(right|bilateral) pleural effusion"` — gets the same direct, shared
     /// supervision of both towers as the labels (the head grows to `18 + n` outputs). Needs
-    /// `label_weight > 0`. Default none.
+    /// `label_weight > 0`. Each entry's `weight` scales its term of the label BCE (the 18 labels
+    /// weigh 1): one target among `18 + n` gets `1 / (18 + n)` of the label loss, too little for a
+    /// small text tower to learn a fact that one word carries (docs/evaluation/prompt-effects.md,
+    /// session 7). A pair whose text is a label caption has no report, so its *text* gets no
+    /// report-label targets (weight 0 there); its volume keeps them. Default none.
     #[serde(default)]
     pub report_labels: Vec<ReportLabel>,
 }
@@ -145,6 +149,13 @@ pub struct ClipLossConfig {
 pub struct ReportLabel {
     pub name: String,
     pub pattern: String,
+    /// Weight of this target in the label BCE (the 18 labels weigh 1). Default 1.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl ClipLossConfig {
@@ -355,6 +366,9 @@ impl ClipTrainConfig {
         if self.loss.report_labels.iter().any(|l| l.name.trim().is_empty()) {
             return bad("loss.report_labels: every entry needs a name");
         }
+        if let Some(l) = self.loss.report_labels.iter().find(|l| !(l.weight.is_finite() && l.weight >= 0.0)) {
+            return bad(format!("loss.report_labels {:?}: weight must be finite and >= 0; got {}", l.name, l.weight));
+        }
         self.loss.report_label_regexes()?;
         if let Some(init) = &self.init {
             if !init.clip.is_file() {
@@ -517,10 +531,25 @@ pub fn label_logits(head: &Linear, emb: Tensor<2>) -> Tensor<2> {
     head.forward(centered / var.add_scalar(1e-6).sqrt())
 }
 
-/// Mean binary cross-entropy of `logits` `[B, 18]` against 0/1 `targets`.
-fn label_bce(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
-    let ones = targets.ones_like();
-    crate::classifier::weighted_bce(logits, targets, ones)
+/// Per-element label-BCE weights `[B, T]` of a batch, row-major, for the volumes and for the
+/// texts: each target's weight (`target_weights`: 1 for the 18 labels, then the report labels'),
+/// except that a text which is a label caption (`captioned[i]`) weighs 0 on the report labels,
+/// which its words cannot carry.
+pub fn label_target_weights(target_weights: &[f32], captioned: &[bool]) -> (Vec<f32>, Vec<f32>) {
+    let vision: Vec<f32> = captioned.iter().flat_map(|_| target_weights.iter().copied()).collect();
+    let text: Vec<f32> = captioned
+        .iter()
+        .flat_map(|&c| target_weights.iter().enumerate().map(move |(k, &w)| if c && k >= NUM_LABELS { 0.0 } else { w }))
+        .collect();
+    (vision, text)
+}
+
+/// Binary cross-entropy of `logits` `[B, T]` against 0/1 `targets`, each element's term times
+/// `weights` `[B, T]`, averaged over all `B·T` elements (all weights 1: the plain mean BCE).
+pub fn label_bce(logits: Tensor<2>, targets: Tensor<2>, weights: Tensor<2>) -> Tensor<1> {
+    let lp = burn::tensor::activation::log_sigmoid(logits.clone());
+    let ln = burn::tensor::activation::log_sigmoid(logits.neg());
+    (weights * (targets.clone() * lp + (targets.neg() + 1.0) * ln)).mean().neg()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -873,6 +902,8 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
     }
     let caption_prob = cfg.data.label_caption_prob;
     let label_weight = cfg.loss.label_weight;
+    let target_weights: Vec<f32> =
+        vec![1.0; NUM_LABELS].into_iter().chain(cfg.loss.report_labels.iter().map(|l| l.weight as f32)).collect();
 
     let dev = device.autodiff();
     let mut model = canonical(Clip3d::new(&cfg.model, seed, &dev)?)?;
@@ -1023,11 +1054,14 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
             let x = Tensor::<5>::from_data(TensorData::new(batch.data, batch.dims), &dev);
             let mut rng = ChaCha8Rng::seed_from_u64(step_seed(seed, 20 + micro as u64, step as u64));
             let mut negatives: Vec<Vec<u32>> = Vec::new();
+            let mut captioned: Vec<bool> = Vec::with_capacity(batch.ids.len());
             let mut ids: Vec<Vec<u32>> = batch
                 .ids
                 .iter()
                 .map(|id| {
-                    if caption_prob > 0.0 && rng.random_bool(caption_prob) {
+                    let caption = caption_prob > 0.0 && rng.random_bool(caption_prob);
+                    captioned.push(caption);
+                    if caption {
                         tok.encode_padded(&label_caption(&labels[id], &mut rng), text_len).0
                     } else {
                         negatives.extend(mirrors.get(id).cloned());
@@ -1069,8 +1103,11 @@ pub fn train_clip_with(cfg: &ClipTrainConfig, opts: &ClipTrainOptions, progress:
                     .flat_map(|id| (0..n_targets).map(|k| f32::from(labels[id].get(k).copied().unwrap_or(0) != 0)))
                     .collect();
                 let y = Tensor::<2>::from_data(TensorData::new(y, [b, n_targets]), &dev);
-                let aux =
-                    (label_bce(label_logits(h, img), y.clone()) + label_bce(label_logits(h, txt), y)).mul_scalar(0.5);
+                let (wv, wt) = label_target_weights(&target_weights, &captioned);
+                let wv = Tensor::<2>::from_data(TensorData::new(wv, [b, n_targets]), &dev);
+                let wt = Tensor::<2>::from_data(TensorData::new(wt, [b, n_targets]), &dev);
+                let aux = (label_bce(label_logits(h, img), y.clone(), wv) + label_bce(label_logits(h, txt), y, wt))
+                    .mul_scalar(0.5);
                 label_sum += aux.clone().into_scalar::<f32>() as f64;
                 loss = loss + aux.mul_scalar(label_weight);
             }
@@ -1240,5 +1277,36 @@ mod tests {
         priors.push(0.5);
         let h = new_label_head(8, 1, &priors, &dev).unwrap();
         assert_eq!(h.weight.val().dims(), [8, NUM_LABELS + 1]);
+    }
+
+    #[test]
+    fn label_bce_weighs_each_element() {
+        let dev = Device::flex();
+        let logits = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, -1.0, 2.0, 0.0], [2, 2]), &dev);
+        let y = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &dev);
+        let bce = |z: f64, t: f64| -(t * (1.0 / (1.0 + (-z).exp())).ln() + (1.0 - t) * (1.0 / (1.0 + z.exp())).ln());
+        let terms = [bce(0.5, 1.0), bce(-1.0, 0.0), bce(2.0, 0.0), bce(0.0, 1.0)];
+        let w = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [2, 2]), &dev);
+        let got = |wv: Vec<f32>| label_bce(logits.clone(), y.clone(), w(wv)).into_scalar::<f32>() as f64;
+        // All ones: the plain mean.
+        assert!((got(vec![1.0; 4]) - terms.iter().sum::<f64>() / 4.0).abs() < 1e-6);
+        // A weight scales its own term only, still divided by B*T.
+        let want = (terms[0] + 10.0 * terms[1] + terms[3]) / 4.0;
+        assert!((got(vec![1.0, 10.0, 0.0, 1.0]) - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn label_captions_carry_no_report_targets_for_the_text() {
+        let mut tw = vec![1.0f32; NUM_LABELS];
+        tw.extend([10.0, 4.0]);
+        let (v, t) = label_target_weights(&tw, &[false, true]);
+        let n = NUM_LABELS + 2;
+        assert_eq!(v.len(), 2 * n);
+        assert_eq!(&v[..n], &tw[..]);
+        assert_eq!(&v[n..], &tw[..]);
+        // The report's text keeps every target; the caption's keeps the 18 labels only.
+        assert_eq!(&t[..n], &tw[..]);
+        assert_eq!(&t[n..n + NUM_LABELS], &vec![1.0; NUM_LABELS][..]);
+        assert_eq!(&t[n + NUM_LABELS..], &[0.0, 0.0]);
     }
 }

@@ -440,10 +440,11 @@ fn mirror_negatives_add_hard_negatives_and_resume_exactly() {
 fn report_labels_extend_the_label_head() {
     let dir = tempfile::tempdir().unwrap();
     let train = dataset(&dir.path().join("train"), 6, 4);
-    let extra = "[loss]\nlabel_weight = 0.5\n\n[[loss.report_labels]]\nname = \"right side\"\npattern = \"(?i)\\\\bright\\\\b\"\n\n[[loss.report_labels]]\nname = \"left side\"\npattern = \"(?i)\\\\bleft\\\\b\"\n\n[run]";
+    let extra = "[loss]\nlabel_weight = 0.5\n\n[[loss.report_labels]]\nname = \"right side\"\npattern = \"(?i)\\\\bright\\\\b\"\nweight = 5.0\n\n[[loss.report_labels]]\nname = \"left side\"\npattern = \"(?i)\\\\bleft\\\\b\"\n\n[run]";
     let toml = |out: &Path| config(&train, out, 6, "").replace("[run]", extra);
     let cfg = ClipTrainConfig::from_toml_str(&toml(&dir.path().join("x"))).unwrap();
     assert_eq!(cfg.loss.report_labels.len(), 2);
+    assert_eq!((cfg.loss.report_labels[0].weight, cfg.loss.report_labels[1].weight), (5.0, 1.0));
     assert!(cfg.loss.report_label_regexes().unwrap()[0].is_match("centre Right front"));
     let (a, _) = assert_resume_exact(dir.path(), &toml);
     let head = text2ct_models::StateDict::read_safetensors(&a.join("checkpoints/step-00000006/label_head.safetensors"))
@@ -463,4 +464,9 @@ fn report_labels_extend_the_label_head() {
     }
     let unnamed = toml(&c).replace("name = \"left side\"", "name = \" \"");
     assert!(ClipTrainConfig::from_toml_str(&unnamed).unwrap().validate().is_err());
+    let negative = toml(&c).replace("weight = 5.0", "weight = -1.0");
+    match ClipTrainConfig::from_toml_str(&negative).unwrap().validate() {
+        Err(TrainError::Config(m)) => assert!(m.contains("right side") && m.contains("weight"), "{m}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
 }

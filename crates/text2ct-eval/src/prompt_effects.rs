@@ -16,6 +16,15 @@
 //! with the left one). Also per row: how many single pairs correlate positively with their own
 //! signature, and the mean absolute voxel change in HU (0 would mean the prompt is ignored).
 //!
+//! Correlation over the whole volume is dominated by large, diffuse differences; a finding that
+//! occupies a small place (fluid at one lung base) can be drawn at a tenth of its strength, or on
+//! both sides, and still correlate. So the report also measures *where and how much*: each
+//! signature's **region** is the [`REGION_FRACTION`] of voxels where `|S_g|` is largest, and for
+//! each prompted finding it gives the mean effect inside every region, in HU, next to the real
+//! change there (the signature's own mean in its region). A right-effusion prompt that works
+//! adds about as much inside the right-effusion region as real right effusions do, and much
+//! less inside the left one.
+//!
 //! The arrays compared must share one voxel order (the generation size equals the prepared size:
 //! the generator decodes in the layout it was trained on); a sanity value, the correlation of
 //! the mean generated volume with the mean real volume, is reported to catch a mismatch.
@@ -162,6 +171,27 @@ pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
+/// Share of the voxels, those where `|S_g|` is largest, that make a signature's region (2 %).
+pub const REGION_FRACTION: f64 = 0.02;
+
+/// The voxel indices of a signature's region: the `max(1, round(fraction · len))` voxels with the
+/// largest `|s|` (ties broken by index, so the region is deterministic).
+pub fn signature_region(s: &[f32], fraction: f64) -> Vec<usize> {
+    let k = ((fraction * s.len() as f64).round() as usize).clamp(1, s.len().max(1));
+    let mut idx: Vec<usize> = (0..s.len()).collect();
+    idx.sort_by(|&a, &b| s[b].abs().total_cmp(&s[a].abs()).then(a.cmp(&b)));
+    idx.truncate(k.min(s.len()));
+    idx.sort_unstable();
+    idx
+}
+
+fn region_mean(v: &[f32], region: &[usize]) -> f64 {
+    if region.is_empty() {
+        return 0.0;
+    }
+    region.iter().map(|&i| v[i] as f64).sum::<f64>() / region.len() as f64
+}
+
 /// One prompted finding's result.
 #[derive(Clone, Debug, Serialize)]
 pub struct EffectRow {
@@ -178,6 +208,11 @@ pub struct EffectRow {
     pub pairs_positive: usize,
     /// Mean over pairs and voxels of `|Δ_k|`, HU.
     pub mean_abs_change_hu: f64,
+    /// Mean effect inside each signature's region, HU (same order as [`EffectReport::signatures`]).
+    pub region_change_hu: Vec<f64>,
+    /// `region_change_hu[own] / EffectReport::region_signature_hu[own]`: the share of the real
+    /// change that the prompt produces where the finding lives (1 = as strong as in real data).
+    pub own_region_ratio: f64,
 }
 
 /// The whole table.
@@ -186,6 +221,10 @@ pub struct EffectReport {
     pub signatures: Vec<String>,
     pub signature_counts: Vec<(usize, usize)>,
     pub rows: Vec<EffectRow>,
+    /// Voxels in each signature's region ([`REGION_FRACTION`] of the volume).
+    pub region_voxels: usize,
+    /// Each signature's mean inside its own region, HU: the real change there.
+    pub region_signature_hu: Vec<f64>,
     /// Correlation of the mean of all generated volumes with the mean real volume (layout check).
     pub generated_vs_real_mean: f64,
 }
@@ -201,6 +240,8 @@ pub fn effects(sig: &Signatures, pairs: &[Vec<(Vec<f32>, Vec<f32>)>]) -> Result<
         )));
     }
     let len: usize = sig.dims.iter().product();
+    let regions: Vec<Vec<usize>> = sig.maps.iter().map(|m| signature_region(m, REGION_FRACTION)).collect();
+    let region_signature_hu: Vec<f64> = sig.maps.iter().zip(&regions).map(|(m, r)| region_mean(m, r)).collect();
     let mut gen_sum = vec![0f64; len];
     let mut gen_n = 0usize;
     let mut rows = Vec::new();
@@ -236,6 +277,9 @@ pub fn effects(sig: &Signatures, pairs: &[Vec<(Vec<f32>, Vec<f32>)>]) -> Result<
         let correlation: Vec<f64> = sig.maps.iter().map(|s| pearson(&md, s)).collect();
         let own = correlation[f];
         let own_is_largest = correlation.iter().enumerate().all(|(j, &c)| j == f || c < own);
+        let region_change_hu: Vec<f64> = regions.iter().map(|r| region_mean(&md, r)).collect();
+        let own_region_ratio =
+            if region_signature_hu[f] != 0.0 { region_change_hu[f] / region_signature_hu[f] } else { 0.0 };
         rows.push(EffectRow {
             finding: sig.findings[f].name.clone(),
             pairs: set.len(),
@@ -244,6 +288,8 @@ pub fn effects(sig: &Signatures, pairs: &[Vec<(Vec<f32>, Vec<f32>)>]) -> Result<
             own_is_largest,
             pairs_positive: positive,
             mean_abs_change_hu: abs_sum / set.len() as f64,
+            region_change_hu,
+            own_region_ratio,
         });
     }
     let gm: Vec<f32> = gen_sum.iter().map(|&g| (g / gen_n as f64) as f32).collect();
@@ -251,6 +297,8 @@ pub fn effects(sig: &Signatures, pairs: &[Vec<(Vec<f32>, Vec<f32>)>]) -> Result<
         signatures: sig.findings.iter().map(|f| f.name.clone()).collect(),
         signature_counts: sig.counts.clone(),
         rows,
+        region_voxels: regions.first().map_or(0, Vec::len),
+        region_signature_hu,
         generated_vs_real_mean: pearson(&gm, &sig.mean),
     })
 }
@@ -295,6 +343,36 @@ impl EffectReport {
             ));
         }
         s.push_str(&format!(
+            "\nWhere and how much: mean change (HU) inside each finding's region (the {:.0} % of voxels, {}, where \
+             its signature is largest in magnitude), and the share of the real change the prompt produces in its own \
+             region.\n\n| prompted finding |",
+            REGION_FRACTION * 100.0,
+            self.region_voxels
+        ));
+        for n in &self.signatures {
+            s.push_str(&format!(" Δ in region({n}) |"));
+        }
+        s.push_str(" own / real |\n|---|");
+        for _ in &self.signatures {
+            s.push_str("---|");
+        }
+        s.push_str("---|\n| *real: the signature* |");
+        for v in &self.region_signature_hu {
+            s.push_str(&format!(" *{v:.1}* |"));
+        }
+        s.push_str(" 1 |\n");
+        for (i, r) in self.rows.iter().enumerate() {
+            s.push_str(&format!("| {} |", r.finding));
+            for (j, c) in r.region_change_hu.iter().enumerate() {
+                if i == j {
+                    s.push_str(&format!(" **{c:.1}** |"));
+                } else {
+                    s.push_str(&format!(" {c:.1} |"));
+                }
+            }
+            s.push_str(&format!(" {:.2} |\n", r.own_region_ratio));
+        }
+        s.push_str(&format!(
             "\nSignatures from {} (with/without) volumes. Layout check: the mean generated volume correlates \
              {:.3} with the mean real volume. Rows with the largest value on their own signature: {}/{}.\n",
             self.signature_counts.iter().map(|(a, b)| format!("{a}/{b}")).collect::<Vec<_>>().join(", "),
@@ -332,6 +410,17 @@ mod tests {
         assert!(!f.matches(&labels, "Findings: x. Impression: Bilateral pleural effusion."));
     }
 
+    #[test]
+    fn regions_are_the_largest_magnitudes() {
+        let s = [0.0f32, -9.0, 3.0, 9.0, 1.0, -2.0, 0.5, 4.0, 0.0, 0.0];
+        assert_eq!(signature_region(&s, 0.2), vec![1, 3]); // |-9| and |9|: a tie, both in
+        assert_eq!(signature_region(&s, 0.4), vec![1, 2, 3, 7]);
+        assert_eq!(signature_region(&s, 0.0), vec![1]); // at least one voxel
+        assert_eq!(signature_region(&s, 5.0).len(), 10);
+        assert!(signature_region(&[], 0.5).is_empty());
+        assert_eq!(region_mean(&s, &[1, 3]), 0.0);
+    }
+
     /// Pairs built to move along one signature are attributed to it and to no other.
     #[test]
     fn effects_put_a_planted_change_on_the_diagonal() {
@@ -358,7 +447,14 @@ mod tests {
         assert_eq!(rep.rows[1].pairs_positive, 3);
         assert!(rep.generated_vs_real_mean > 0.5, "{}", rep.generated_vs_real_mean);
         let md = rep.to_markdown();
-        assert!(md.contains("**") && md.contains("| a | 2 |"), "{md}");
+        assert!(md.contains("**") && md.contains("| a | 2 |") && md.contains("Δ in region(b)"), "{md}");
+        // Regions: 2 % of 64 voxels -> 1 voxel, the largest |S| (index 0 for a, 32 for b). The
+        // planted change is 0.7 of the signature plus noise of at most 5 HU.
+        assert_eq!(rep.region_voxels, 1);
+        assert_eq!(rep.region_signature_hu, vec![100.0, -50.0]);
+        assert!((rep.rows[0].region_change_hu[0] - 70.0).abs() < 5.0, "{:?}", rep.rows[0]);
+        assert!(rep.rows[0].region_change_hu[1].abs() < 5.0);
+        assert!((rep.rows[1].own_region_ratio - 0.7).abs() < 0.1, "{:?}", rep.rows[1]);
         // Unchanged prompts: zero change, no correlation.
         let same = vec![vec![(base.clone(), base.clone())], vec![(base.clone(), base.clone())]];
         let rep = effects(&sig, &same).unwrap();

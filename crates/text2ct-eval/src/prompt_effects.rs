@@ -174,6 +174,9 @@ pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
 /// Share of the voxels, those where `|S_g|` is largest, that make a signature's region (2 %).
 pub const REGION_FRACTION: f64 = 0.02;
 
+/// Smallest real mean change (HU) in a signature's region for which a strength ratio is given.
+pub const MIN_REGION_HU: f64 = 10.0;
+
 /// The voxel indices of a signature's region: the `max(1, round(fraction · len))` voxels with the
 /// largest `|s|` (ties broken by index, so the region is deterministic).
 pub fn signature_region(s: &[f32], fraction: f64) -> Vec<usize> {
@@ -212,7 +215,9 @@ pub struct EffectRow {
     pub region_change_hu: Vec<f64>,
     /// `region_change_hu[own] / EffectReport::region_signature_hu[own]`: the share of the real
     /// change that the prompt produces where the finding lives (1 = as strong as in real data).
-    pub own_region_ratio: f64,
+    /// `None` where the real change in the region is under [`MIN_REGION_HU`] (a finding with no
+    /// fixed place, such as scattered nodules, or a diffuse one).
+    pub own_region_ratio: Option<f64>,
 }
 
 /// The whole table.
@@ -279,7 +284,7 @@ pub fn effects(sig: &Signatures, pairs: &[Vec<(Vec<f32>, Vec<f32>)>]) -> Result<
         let own_is_largest = correlation.iter().enumerate().all(|(j, &c)| j == f || c < own);
         let region_change_hu: Vec<f64> = regions.iter().map(|r| region_mean(&md, r)).collect();
         let own_region_ratio =
-            if region_signature_hu[f] != 0.0 { region_change_hu[f] / region_signature_hu[f] } else { 0.0 };
+            (region_signature_hu[f].abs() >= MIN_REGION_HU).then(|| region_change_hu[f] / region_signature_hu[f]);
         rows.push(EffectRow {
             finding: sig.findings[f].name.clone(),
             pairs: set.len(),
@@ -345,7 +350,7 @@ impl EffectReport {
         s.push_str(&format!(
             "\nWhere and how much: mean change (HU) inside each finding's region (the {:.0} % of voxels, {}, where \
              its signature is largest in magnitude), and the share of the real change the prompt produces in its own \
-             region.\n\n| prompted finding |",
+             region (given where the real change there is at least {MIN_REGION_HU} HU).\n\n| prompted finding |",
             REGION_FRACTION * 100.0,
             self.region_voxels
         ));
@@ -370,7 +375,10 @@ impl EffectReport {
                     s.push_str(&format!(" {c:.1} |"));
                 }
             }
-            s.push_str(&format!(" {:.2} |\n", r.own_region_ratio));
+            match r.own_region_ratio {
+                Some(q) => s.push_str(&format!(" {q:.2} |\n")),
+                None => s.push_str(" — (no fixed place) |\n"),
+            }
         }
         s.push_str(&format!(
             "\nSignatures from {} (with/without) volumes. Layout check: the mean generated volume correlates \
@@ -454,7 +462,13 @@ mod tests {
         assert_eq!(rep.region_signature_hu, vec![100.0, -50.0]);
         assert!((rep.rows[0].region_change_hu[0] - 70.0).abs() < 5.0, "{:?}", rep.rows[0]);
         assert!(rep.rows[0].region_change_hu[1].abs() < 5.0);
-        assert!((rep.rows[1].own_region_ratio - 0.7).abs() < 0.1, "{:?}", rep.rows[1]);
+        assert!((rep.rows[1].own_region_ratio.unwrap() - 0.7).abs() < 0.1, "{:?}", rep.rows[1]);
+        // A signature too weak in its region gets no ratio.
+        let mut weak = sig.clone();
+        weak.maps[1] = b.iter().map(|v| v / 10.0).collect();
+        let rep = effects(&weak, &pairs).unwrap();
+        assert!(rep.rows[0].own_region_ratio.is_some() && rep.rows[1].own_region_ratio.is_none());
+        assert!(rep.to_markdown().contains("no fixed place"));
         // Unchanged prompts: zero change, no correlation.
         let same = vec![vec![(base.clone(), base.clone())], vec![(base.clone(), base.clone())]];
         let rep = effects(&sig, &same).unwrap();

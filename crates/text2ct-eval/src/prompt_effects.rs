@@ -318,27 +318,38 @@ impl EffectReport {
         serde_json::to_string_pretty(self).expect("serialisable")
     }
 
-    /// A Markdown table: rows = prompted finding, columns = signatures (own value in bold).
+    /// A Markdown table's header and separator: the `lead` columns, one column per signature
+    /// (`column(name)`), then the `tail` columns.
+    fn table_header(&self, lead: &[&str], column: impl Fn(&str) -> String, tail: &[&str]) -> String {
+        let names: Vec<String> = lead
+            .iter()
+            .map(|c| c.to_string())
+            .chain(self.signatures.iter().map(|n| column(n)))
+            .chain(tail.iter().map(|c| c.to_string()))
+            .collect();
+        format!("| {} |\n|{}\n", names.join(" | "), "---|".repeat(names.len()))
+    }
+
+    /// A row's per-signature cells with `decimals` digits, the prompted finding's own (`own`) in bold.
+    fn diagonal_cells(values: &[f64], own: usize, decimals: usize) -> String {
+        values
+            .iter()
+            .enumerate()
+            .map(|(j, c)| if j == own { format!(" **{c:.decimals$}** |") } else { format!(" {c:.decimals$} |") })
+            .collect()
+    }
+
+    /// Markdown: the correlation table (rows = prompted finding, columns = signatures, own value
+    /// in bold), then the where-and-how-much table.
     pub fn to_markdown(&self) -> String {
-        let mut s = String::new();
-        s.push_str("| prompted finding | pairs |");
-        for n in &self.signatures {
-            s.push_str(&format!(" r with S({n}) |"));
-        }
-        s.push_str(" own largest | pairs with r > 0 | mean abs change (HU) |\n|---|---|");
-        for _ in &self.signatures {
-            s.push_str("---|");
-        }
-        s.push_str("---|---|---|\n");
+        let mut s = self.table_header(
+            &["prompted finding", "pairs"],
+            |n| format!("r with S({n})"),
+            &["own largest", "pairs with r > 0", "mean abs change (HU)"],
+        );
         for (i, r) in self.rows.iter().enumerate() {
             s.push_str(&format!("| {} | {} |", r.finding, r.pairs));
-            for (j, c) in r.correlation.iter().enumerate() {
-                if i == j {
-                    s.push_str(&format!(" **{c:.3}** |"));
-                } else {
-                    s.push_str(&format!(" {c:.3} |"));
-                }
-            }
+            s.push_str(&Self::diagonal_cells(&r.correlation, i, 3));
             s.push_str(&format!(
                 " {} | {}/{} | {:.1} |\n",
                 if r.own_is_largest { "yes" } else { "no" },
@@ -350,31 +361,19 @@ impl EffectReport {
         s.push_str(&format!(
             "\nWhere and how much: mean change (HU) inside each finding's region (the {:.0} % of voxels, {}, where \
              its signature is largest in magnitude), and the share of the real change the prompt produces in its own \
-             region (given where the real change there is at least {MIN_REGION_HU} HU).\n\n| prompted finding |",
+             region (given where the real change there is at least {MIN_REGION_HU} HU).\n\n",
             REGION_FRACTION * 100.0,
             self.region_voxels
         ));
-        for n in &self.signatures {
-            s.push_str(&format!(" Δ in region({n}) |"));
-        }
-        s.push_str(" own / real |\n|---|");
-        for _ in &self.signatures {
-            s.push_str("---|");
-        }
-        s.push_str("---|\n| *real: the signature* |");
+        s.push_str(&self.table_header(&["prompted finding"], |n| format!("Δ in region({n})"), &["own / real"]));
+        s.push_str("| *real: the signature* |");
         for v in &self.region_signature_hu {
             s.push_str(&format!(" *{v:.1}* |"));
         }
         s.push_str(" 1 |\n");
         for (i, r) in self.rows.iter().enumerate() {
             s.push_str(&format!("| {} |", r.finding));
-            for (j, c) in r.region_change_hu.iter().enumerate() {
-                if i == j {
-                    s.push_str(&format!(" **{c:.1}** |"));
-                } else {
-                    s.push_str(&format!(" {c:.1} |"));
-                }
-            }
+            s.push_str(&Self::diagonal_cells(&r.region_change_hu, i, 1));
             match r.own_region_ratio {
                 Some(q) => s.push_str(&format!(" {q:.2} |\n")),
                 None => s.push_str(" — (no fixed place) |\n"),

@@ -662,12 +662,28 @@ pub fn prior_bias(prevalence: &[f64], pos_weight: &[f64]) -> Vec<f32> {
         .collect()
 }
 
-/// Weighted BCE with logits (PyTorch's `BCEWithLogitsLoss(pos_weight)`, mean reduction).
-pub fn weighted_bce(logits: Tensor<2>, targets: Tensor<2>, pos_weight: Tensor<2>) -> Tensor<1> {
+/// Binary cross-entropy with logits, PyTorch's `BCEWithLogitsLoss(weight, pos_weight)` with mean
+/// reduction: `-mean(weight · (pos_weight · t · log σ(x) + (1 - t) · log σ(-x)))` over all `B·T`
+/// elements of `logits` `[B, T]` against 0/1 `targets`. `pos_weight` scales the positive term
+/// only (the classifier's class balance), `weight` each element's whole term (CLIP's per-target
+/// weights); `None` is all ones.
+pub fn weighted_bce(
+    logits: Tensor<2>,
+    targets: Tensor<2>,
+    pos_weight: Option<Tensor<2>>,
+    weight: Option<Tensor<2>>,
+) -> Tensor<1> {
     let lp = log_sigmoid(logits.clone());
     let ln = log_sigmoid(logits.neg());
-    let t = targets.clone() * pos_weight * lp + (targets.neg() + 1.0) * ln;
-    t.mean().neg()
+    let pos = match pos_weight {
+        Some(pw) => targets.clone() * pw * lp,
+        None => targets.clone() * lp,
+    };
+    let t = pos + (targets.neg() + 1.0) * ln;
+    match weight {
+        Some(w) => (w * t).mean().neg(),
+        None => t.mean().neg(),
+    }
 }
 
 fn val_record(step: usize, epochs: usize, m: &SetMetrics) -> ValRecord {
@@ -849,7 +865,7 @@ pub fn train_with(
             );
             let y = Tensor::<2>::from_data(TensorData::new(ys, [bsz, NUM_LABELS]), &dev);
             let logits = forward_train(&net, &ctcfg, x, step_seed(seed, 2, (step * accum + micro) as u64), &dev);
-            let loss = weighted_bce(logits, y, pw_tensor.clone());
+            let loss = weighted_bce(logits, y, Some(pw_tensor.clone()), None);
             let lv = runloop::scalar(&loss);
             if !lv.is_finite() {
                 return Err(TrainError::Train(format!("non-finite loss {lv} at step {step}")));
@@ -977,9 +993,19 @@ mod tests {
         let x = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, -1.0, 2.0, 0.0], [2, 2]), &dev);
         let y = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &dev);
         let w = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 1.0, 3.0, 1.0], [2, 2]), &dev);
-        let got = weighted_bce(x, y, w).into_scalar::<f32>() as f64;
         let s = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let got = weighted_bce(x.clone(), y.clone(), Some(w), None).into_scalar::<f32>() as f64;
         let want = -(3.0 * s(0.5).ln() + (1.0 - s(-1.0)).ln() + (1.0 - s(2.0)).ln() + s(0.0).ln()) / 4.0;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // No weights: the plain mean BCE.
+        let got = weighted_bce(x.clone(), y.clone(), None, None).into_scalar::<f32>() as f64;
+        let plain = -(s(0.5).ln() + (1.0 - s(-1.0)).ln() + (1.0 - s(2.0)).ln() + s(0.0).ln()) / 4.0;
+        assert!((got - plain).abs() < 1e-5, "{got} vs {plain}");
+        // Both: pos_weight scales the positive term, weight the element's whole term.
+        let pw = Tensor::<2>::from_data(TensorData::new(vec![2.0f32, 2.0, 2.0, 2.0], [2, 2]), &dev);
+        let ew = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 10.0, 0.0, 0.5], [2, 2]), &dev);
+        let got = weighted_bce(x, y, Some(pw), Some(ew)).into_scalar::<f32>() as f64;
+        let want = -(2.0 * s(0.5).ln() + 10.0 * (1.0 - s(-1.0)).ln() + 0.5 * 2.0 * s(0.0).ln()) / 4.0;
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
 

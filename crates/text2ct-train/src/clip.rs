@@ -545,11 +545,10 @@ pub fn label_target_weights(target_weights: &[f32], captioned: &[bool]) -> (Vec<
 }
 
 /// Binary cross-entropy of `logits` `[B, T]` against 0/1 `targets`, each element's term times
-/// `weights` `[B, T]`, averaged over all `B·T` elements (all weights 1: the plain mean BCE).
+/// `weights` `[B, T]`, averaged over all `B·T` elements (all weights 1: the plain mean BCE);
+/// [`crate::classifier::weighted_bce`] with element weights only.
 pub fn label_bce(logits: Tensor<2>, targets: Tensor<2>, weights: Tensor<2>) -> Tensor<1> {
-    let lp = burn::tensor::activation::log_sigmoid(logits.clone());
-    let ln = burn::tensor::activation::log_sigmoid(logits.neg());
-    (weights * (targets.clone() * lp + (targets.neg() + 1.0) * ln)).mean().neg()
+    crate::classifier::weighted_bce(logits, targets, None, Some(weights))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -132,6 +132,28 @@ fn generate_from_reports_with_shards_and_resume() {
     let sc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("w/prompt_seed6.json")).unwrap()).unwrap();
     assert_eq!(sc["size"], serde_json::json!([32, 32, 16]));
+    // A negative prompt changes the volume (same seed) and is recorded in the sidecar.
+    let (ok, _, err) = run(&[
+        "generate",
+        "--model",
+        ms,
+        "--prompt",
+        "Findings: Normal lungs. Impression: No acute finding.",
+        "--negative-prompt",
+        "Findings: Right pleural effusion.",
+        "--out",
+        d.join("n").to_str().unwrap(),
+        "--steps",
+        "2",
+        "--seed",
+        "6",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("away from the negative prompt"), "{err}");
+    assert_ne!(std::fs::read(d.join("n/prompt_seed6.nii.gz")).unwrap(), b);
+    let sc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("n/prompt_seed6.json")).unwrap()).unwrap();
+    assert_eq!(sc["negative_prompt"], "Findings: Right pleural effusion.");
 }
 
 #[test]
@@ -147,6 +169,7 @@ fn generate_bad_input() {
         (&["generate", "--model", ms, "--prompt", "x", "--device", "cuda"], "cuda"),
         (&["generate", "--model", ms, "--prompt", "x", "--decode-window", "4,0,4"], "size"),
         (&["generate", "--model", ms, "--prompt", "x", "--sampler", "euler", "--steps", "1"], "euler"),
+        (&["generate", "--model", ms, "--prompt", "x", "--negative-prompt", " "], "negative prompt is empty"),
     ];
     for (args, want) in cases {
         let (ok, _, err) = run(args);

@@ -23,6 +23,12 @@ pub struct Sidecar {
     pub prompt: String,
     /// Whether the prompt was cut to the tokenizer's maximum length.
     pub prompt_truncated: bool,
+    /// The negative prompt guidance steered away from (absent: the zero context, as released).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    /// Whether the negative prompt was cut to the tokenizer's maximum length.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub negative_prompt_truncated: bool,
     pub seed: u64,
     pub sampler: String,
     pub exact: bool,
@@ -126,6 +132,8 @@ mod tests {
             id: job.id.clone(),
             prompt: job.prompt.clone(),
             prompt_truncated: false,
+            negative_prompt: None,
+            negative_prompt_truncated: false,
             seed: 42,
             sampler: "rflow".into(),
             exact: false,

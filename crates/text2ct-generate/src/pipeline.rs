@@ -4,7 +4,8 @@
 //!
 //! As Text2CT's inference code runs it (`../shared/reference/text2ct-upstream.md` §1.5.2): noise
 //! `[1, 4, X/4, Y/4, Z/4]`; for each step `v = v_u + w (v_c − v_u)` with the unconditional
-//! context all zeros; rectified-flow steps `x ← x + v·dt`; decode `z / scale_factor`; HU =
+//! context all zeros (or, with a negative prompt, `v_u` taken at the negative prompt's context, as
+//! diffusers' `negative_prompt`); rectified-flow steps `x ← x + v·dt`; decode `z / scale_factor`; HU =
 //! `x·2000 − 1000`, clipped to [−1000, 1000] and truncated to int16 as NumPy does.
 //!
 //! Noise comes from a ChaCha8 stream seeded by the job's seed (so seeds reproduce within text2ct,
@@ -41,6 +42,9 @@ pub struct SampleOptions {
     /// VAE sliding window in latent voxels (clipped to the latent); `None` decodes in one pass.
     /// Peak memory grows with the window's volume, not the output's.
     pub decode_window: Option<[usize; 3]>,
+    /// A negative prompt: guidance steers away from it (`v = v_n + w (v_c − v_n)`, `v_n` at the
+    /// negative prompt's context) instead of from the zero context. `None`: the release's rule.
+    pub negative_prompt: Option<String>,
 }
 
 impl SampleOptions {
@@ -59,6 +63,11 @@ impl SampleOptions {
         if !self.guidance.is_finite() {
             return Err(GenerateError::Invalid(format!("the guidance scale {} is not finite", self.guidance)));
         }
+        if self.negative_prompt.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(GenerateError::Invalid(
+                "the negative prompt is empty (leave it out for the zero context)".into(),
+            ));
+        }
         if self.decode_window.is_some_and(|w| w.contains(&0)) {
             return Err(GenerateError::Invalid("the decode window must be positive on every axis".into()));
         }
@@ -71,6 +80,8 @@ impl SampleOptions {
 pub struct Generated {
     pub volume: Volume,
     pub prompt_truncated: bool,
+    /// Whether the negative prompt (if any) was cut to the tokenizer's maximum length.
+    pub negative_prompt_truncated: bool,
     pub timings: Timings,
 }
 
@@ -167,6 +178,7 @@ impl Pipeline {
             exact: self.card.sampler.exact,
             size: self.card.output.size,
             decode_window: self.card.decode.window,
+            negative_prompt: None,
         }
     }
 
@@ -232,11 +244,14 @@ impl Pipeline {
     }
 
     /// The guided model output at timestep `t`: one batched U-Net call for the conditional and
-    /// unconditional (zero-context) branches (`w = 1` needs only the conditional one, `w = 0`
-    /// only the unconditional one).
-    fn guided(&self, x: &Tensor<5>, t: f32, ctx: &Tensor<3>, w: f32) -> Result<Tensor<5>> {
+    /// unconditional branches (`w = 1` needs only the conditional one, `w = 0` only the
+    /// unconditional one). The unconditional context is `uncond` (a negative prompt's) or zeros.
+    fn guided(&self, x: &Tensor<5>, t: f32, ctx: &Tensor<3>, uncond: Option<&Tensor<3>>, w: f32) -> Result<Tensor<5>> {
         let dev = &self.device;
-        let zeros = Tensor::<3>::zeros(ctx.dims(), dev);
+        let zeros = match uncond {
+            Some(u) => u.clone(),
+            None => Tensor::<3>::zeros(ctx.dims(), dev),
+        };
         let call = |xb: Tensor<5>, c: Tensor<3>, b: usize| -> Result<Tensor<5>> {
             let tt = Tensor::<1>::from_data(TensorData::new(vec![t; b], [b]), dev);
             self.unet.forward_cond(xb, tt, &self.cond(Some(c), b)).map_err(model_err)
@@ -255,14 +270,37 @@ impl Pipeline {
         Ok(vu.clone() + (vc - vu).mul_scalar(w))
     }
 
-    /// Run the sampler from `x` (noise) to a clean latent. `progress(step, total)`.
+    /// Run the sampler from `x` (noise) to a clean latent with the zero unconditional context
+    /// (the release's rule). `progress(step, total)`.
     pub fn sample(
         &self,
-        mut x: Tensor<5>,
+        x: Tensor<5>,
         ctx: &Tensor<3>,
         opts: &SampleOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor<5>> {
+        self.sample_with_uncond(x, ctx, None, opts, progress)
+    }
+
+    /// [`Pipeline::sample`] with the unconditional branch at `uncond` (e.g. a negative prompt's
+    /// context from [`Pipeline::encode_prompt`]) instead of zeros; `None` is `sample`.
+    pub fn sample_with_uncond(
+        &self,
+        mut x: Tensor<5>,
+        ctx: &Tensor<3>,
+        uncond: Option<&Tensor<3>>,
+        opts: &SampleOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor<5>> {
+        if let Some(u) = uncond {
+            if u.dims() != ctx.dims() {
+                return Err(GenerateError::Invalid(format!(
+                    "the unconditional context has shape {:?}, the prompt's {:?}",
+                    u.dims(),
+                    ctx.dims()
+                )));
+            }
+        }
         let _ = cfg_combine; // the slice form of the same rule, tested in text2ct-diffusion
         let d = x.dims();
         let numel = (d[2] * d[3] * d[4]) as u64;
@@ -272,7 +310,7 @@ impl Pipeline {
                     .set_timesteps(opts.steps, numel, RFlowMode::from_exact(opts.exact))
                     .map_err(model_err)?;
                 for (i, (&t, &dt)) in s.timesteps.iter().zip(&s.dts).enumerate() {
-                    let v = self.guided(&x, t as f32, ctx, opts.guidance)?;
+                    let v = self.guided(&x, t as f32, ctx, uncond, opts.guidance)?;
                     x = x + v.mul_scalar(dt as f32);
                     progress(i + 1, s.len());
                 }
@@ -292,7 +330,7 @@ impl Pipeline {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed ^ opts.steps as u64);
                 let shape = x.dims();
                 for (i, &t) in ts.iter().enumerate() {
-                    let eps = self.guided(&x, t as f32, ctx, opts.guidance)?;
+                    let eps = self.guided(&x, t as f32, ctx, uncond, opts.guidance)?;
                     let xv = x.clone().into_data().convert::<f32>().try_into_vec::<f32>().map_err(model_err)?;
                     let ev = eps.into_data().convert::<f32>().try_into_vec::<f32>().map_err(model_err)?;
                     let next = if ddim {
@@ -370,6 +408,14 @@ impl Pipeline {
         let latent = self.check_size(opts.size)?;
         let t0 = Instant::now();
         let (ctx, truncated) = self.encode_prompt(prompt)?;
+        let (uncond, negative_truncated) = match opts.negative_prompt.as_deref() {
+            Some(n) => {
+                let (u, tr) =
+                    self.encode_prompt(n).map_err(|e| GenerateError::Prompts(format!("the negative prompt: {e}")))?;
+                (Some(u), tr)
+            }
+            None => (None, false),
+        };
         let t_text = t0.elapsed().as_secs_f64();
         let x = match noise {
             Some(n) => {
@@ -383,7 +429,7 @@ impl Pipeline {
             None => self.noise(latent, seed),
         };
         let t1 = Instant::now();
-        let z = self.sample(x, &ctx, opts, progress)?;
+        let z = self.sample_with_uncond(x, &ctx, uncond.as_ref(), opts, progress)?;
         let t_sample = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
         let vol = self.decode_with_window(z, opts.size, opts.decode_window)?;
@@ -391,6 +437,7 @@ impl Pipeline {
         Ok(Generated {
             volume: vol,
             prompt_truncated: truncated,
+            negative_prompt_truncated: negative_truncated,
             timings: Timings { text: t_text, sampling: t_sample, decoding: t_decode, writing: 0.0 },
         })
     }
@@ -411,6 +458,8 @@ impl Pipeline {
             id: job.id.clone(),
             prompt: job.prompt.clone(),
             prompt_truncated: truncated,
+            negative_prompt: opts.negative_prompt.clone(),
+            negative_prompt_truncated: g.negative_prompt_truncated,
             seed: job.seed,
             sampler: opts.sampler.clone(),
             exact: opts.exact,

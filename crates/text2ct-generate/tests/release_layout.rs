@@ -96,3 +96,55 @@ fn seeds_are_reproducible_and_distinct() {
     assert!(p.check_size([30, 32, 16]).is_err());
     assert!(p.encode_prompt("   ").is_err());
 }
+
+#[test]
+fn a_negative_prompt_replaces_the_zero_context_of_guidance() {
+    let dev = Device::flex();
+    let p = Pipeline::load(&dir(), &dev).unwrap();
+    let n = npy("noise.npy");
+    let noise: Tensor<5> = Tensor::from_data(TensorData::new(n.data.clone(), [1, 4, 8, 8, 4]), &dev);
+    let (ctx, _) = p.encode_prompt("Findings: Right pleural effusion. Impression: Right pleural effusion.").unwrap();
+    let (neg, _) = p.encode_prompt("Findings: Left pleural effusion. Impression: Left pleural effusion.").unwrap();
+    let vec = |z: Tensor<5>| z.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    let run = |w: f32, steps: usize, uncond: Option<&Tensor<3>>| {
+        let mut o = p.default_options();
+        o.guidance = w;
+        o.steps = steps;
+        vec(p.sample_with_uncond(noise.clone(), &ctx, uncond, &o, &mut |_, _| {}).unwrap())
+    };
+    // One rectified-flow step is linear in v: with the negative context, w = 5 must be
+    // z(w=0) + 5 (z(w=1) - z(w=0)), where w = 0 runs the negative branch alone.
+    let (z0, z1, z5) = (run(0.0, 1, Some(&neg)), run(1.0, 1, Some(&neg)), run(5.0, 1, Some(&neg)));
+    let want: Vec<f32> = z0.iter().zip(&z1).map(|(a, b)| a + 5.0 * (b - a)).collect();
+    assert!(rel_l2(&z5, &want) < 1e-5, "{}", rel_l2(&z5, &want));
+    // ... and differs from guidance away from the zero context.
+    let zero5 = run(5.0, 1, None);
+    assert!(rel_l2(&z5, &zero5) > 1e-3, "{}", rel_l2(&z5, &zero5));
+    assert!(rel_l2(&run(0.0, 1, None), &z0) > 1e-3, "w = 0 is the negative prompt's branch, not the zero context's");
+    // The prompt as its own negative prompt: guidance has nothing to push, any w gives w = 1.
+    let same = run(5.0, 3, Some(&ctx));
+    assert!(rel_l2(&same, &run(1.0, 3, None)) < 1e-5);
+
+    // Through generate_volume / run_job: recorded in the sidecar; an empty one is refused.
+    let mut o = p.default_options();
+    o.steps = 2;
+    o.negative_prompt = Some("Findings: Left pleural effusion.".into());
+    let out = std::env::temp_dir().join(format!("text2ct-neg-{}", std::process::id()));
+    let job = Job { id: "neg".into(), prompt: "Findings: Right pleural effusion.".into(), row: 0, sample: 0, seed: 3 };
+    let sc = p.run_job(&job, &o, &out, None, &mut |_, _| {}).unwrap();
+    assert_eq!(sc.negative_prompt.as_deref(), Some("Findings: Left pleural effusion."));
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("neg_seed3.json")).unwrap()).unwrap();
+    assert_eq!(side["negative_prompt"], "Findings: Left pleural effusion.");
+    // Without one, the sidecar is as before (no negative-prompt fields).
+    o.negative_prompt = None;
+    let job0 = Job { id: "pos".into(), ..job };
+    p.run_job(&job0, &o, &out, None, &mut |_, _| {}).unwrap();
+    let side0: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("pos_seed3.json")).unwrap()).unwrap();
+    assert!(side0.get("negative_prompt").is_none() && side0.get("negative_prompt_truncated").is_none());
+    o.negative_prompt = Some("  ".into());
+    let err = p.generate_volume("Findings: x.", 0, None, &o, &mut |_, _| {}).err().unwrap().to_string();
+    assert!(err.contains("negative prompt is empty"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}

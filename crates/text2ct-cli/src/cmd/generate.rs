@@ -34,6 +34,12 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale w (default from the card; the release uses 5).
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// A negative prompt: guidance steers away from this text instead of from the zero
+    /// context (`v = v_n + w (v_c − v_n)`, as diffusers' `negative_prompt`; the release uses
+    /// none), e.g. "Left pleural effusion." to push a right-sided effusion away from the left.
+    /// Recorded in each sidecar.
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
     /// Base seed. Volume k of row r gets seed + r * count + k, whatever the sharding; seed 0 is
     /// an ordinary seed (not "random").
     #[arg(long, default_value_t = 0)]
@@ -124,6 +130,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(s) = &a.sampler {
         opts.sampler = s.clone();
     }
+    opts.negative_prompt = a.negative_prompt.clone();
     opts.exact |= a.exact;
     if let Some(s) = &a.size {
         opts.size = parse_size(s)?;
@@ -148,12 +155,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => None,
     };
     eprintln!(
-        "model {} ({}); sampler {} {} steps, guidance {}, output {:?} at {:?} mm; scale factor {} ({})",
+        "model {} ({}); sampler {} {} steps, guidance {}{}, output {:?} at {:?} mm; scale factor {} ({})",
         p.card.name,
         p.card.trained_on,
         opts.sampler,
         opts.steps,
         opts.guidance,
+        match &opts.negative_prompt {
+            Some(n) => format!(" away from the negative prompt {n:?}"),
+            None => String::new(),
+        },
         opts.size,
         p.card.output.spacing,
         p.scale_factor,
@@ -193,7 +204,20 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             write_dicom(&a.out, job, &sc)?;
         }
         if sc.prompt_truncated {
-            mp.suspend(|| eprintln!("warning: the prompt of {} was longer than 512 tokens and was truncated", job.id));
+            mp.suspend(|| {
+                eprintln!(
+                    "warning: the prompt of {} was longer than the model's {} tokens and was truncated",
+                    job.id, p.card.tokenizer.max_length
+                )
+            });
+        }
+        if sc.negative_prompt_truncated {
+            mp.suspend(|| {
+                eprintln!(
+                    "warning: the negative prompt was longer than the model's {} tokens and was truncated",
+                    p.card.tokenizer.max_length
+                )
+            });
         }
         mp.suspend(|| {
             println!(

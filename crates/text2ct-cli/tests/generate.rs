@@ -96,58 +96,27 @@ fn generate_from_reports_with_shards_and_resume() {
     assert!(!ok && err.contains("euler"), "{err}");
     // The same seed gives the same volume.
     let a = std::fs::read(out.join("valid_2_a_1_seed6.nii.gz")).unwrap();
-    let (ok, _, err) = run(&[
-        "generate",
-        "--model",
-        ms,
-        "--prompt",
-        "Findings: Normal lungs. Impression: No acute finding.",
-        "--out",
-        d.join("p").to_str().unwrap(),
-        "--steps",
-        "2",
-        "--seed",
-        "6",
-    ]);
+    // One normal-lungs prompt, seed 6, 2 steps, into d/SUB, with extra flags.
+    let normal = |sub: &str, extra: &[&str]| {
+        let out = d.join(sub);
+        let mut args =
+            vec!["generate", "--model", ms, "--prompt", "Findings: Normal lungs. Impression: No acute finding."];
+        args.extend(["--out", out.to_str().unwrap(), "--steps", "2", "--seed", "6"]);
+        args.extend(extra);
+        run(&args)
+    };
+    let (ok, _, err) = normal("p", &[]);
     assert!(ok, "{err}");
     let b = std::fs::read(d.join("p/prompt_seed6.nii.gz")).unwrap();
     assert_eq!(a, b);
     // Another decode window gives a (slightly) different blend but the same geometry.
-    let (ok, _, err) = run(&[
-        "generate",
-        "--model",
-        ms,
-        "--prompt",
-        "Findings: Normal lungs. Impression: No acute finding.",
-        "--out",
-        d.join("w").to_str().unwrap(),
-        "--steps",
-        "2",
-        "--seed",
-        "6",
-        "--decode-window",
-        "8,8,4",
-    ]);
+    let (ok, _, err) = normal("w", &["--decode-window", "8,8,4"]);
     assert!(ok, "{err}");
     let sc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("w/prompt_seed6.json")).unwrap()).unwrap();
     assert_eq!(sc["size"], serde_json::json!([32, 32, 16]));
     // A negative prompt changes the volume (same seed) and is recorded in the sidecar.
-    let (ok, _, err) = run(&[
-        "generate",
-        "--model",
-        ms,
-        "--prompt",
-        "Findings: Normal lungs. Impression: No acute finding.",
-        "--negative-prompt",
-        "Findings: Right pleural effusion.",
-        "--out",
-        d.join("n").to_str().unwrap(),
-        "--steps",
-        "2",
-        "--seed",
-        "6",
-    ]);
+    let (ok, _, err) = normal("n", &["--negative-prompt", "Findings: Right pleural effusion."]);
     assert!(ok, "{err}");
     assert!(err.contains("away from the negative prompt"), "{err}");
     assert_ne!(std::fs::read(d.join("n/prompt_seed6.nii.gz")).unwrap(), b);

@@ -2,14 +2,15 @@
 """Does a multi-token text context let the U-Net learn the effusion side? (docs/evaluation/
 prompt-effects.md, session 8; phantoms only; a check outside the project in PyTorch/MONAI/transformers.)
 
-usage: python3 tok_exp.py pooled|tokens STEPS [TOKENS]
+usage: python3 tok_exp.py pooled|tokens STEPS [TOKENS [REGION_WEIGHT]]
 Fine-tunes K3's U-Net (MONAI's DiffusionModelUNetMaisi, the same weights) for STEPS steps on
 ldm_sided.jsonl (rectified flow, L1 on v, CFG dropout 0.1, Adam 3e-4 with polynomial decay, batch 4)
 with (a) the pooled, standardised 1-token context text2ct uses, or (b) the text encoder's first
 TOKENS projected token states ([B, TOKENS, 64], standardised per dimension), then measures
 side / effusion and the mirror share of the right-minus-left velocity as side_diag.py does. At
 STEPS = 0 with `pooled` it reproduces side_diag.py's K3 row (a cross-check of text2ct's U-Net and
-text encoder against PyTorch). Paths: /tmp/s7 (te_K, ldm_K3) and /tmp/s7/ldm_sided.jsonl.
+text encoder against PyTorch). REGION_WEIGHT (default 1) multiplies the L1 loss on the 5 % of
+latent voxels where a one-sided effusion changes the mean latent most (either side). Paths: /tmp/s7 (te_K, ldm_K3) and /tmp/s7/ldm_sided.jsonl.
 """
 import sys, json, re, tempfile, time
 import numpy as np, torch
@@ -20,6 +21,7 @@ from safetensors.numpy import load_file
 from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
 from monai.networks.schedulers.rectified_flow import RFlowScheduler
 MODE, STEPS, T_TOK = argv[1], int(argv[2]), int(argv[3]) if len(argv) > 3 else 48
+REGION_W = float(argv[4]) if len(argv) > 4 else 1.0  # L1 weight inside the effusion regions (latent voxels)
 torch.manual_seed(0); torch.set_num_threads(2)
 d = tempfile.mkdtemp(); g.build_hub_files(d); tok = CLIPTokenizer.from_pretrained(d)
 cfg = CLIPTextConfig(vocab_size=49408, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, max_position_embeddings=384, hidden_act="quick_gelu", projection_dim=64, eos_token_id=49407, bos_token_id=49406, pad_token_id=49407)
@@ -47,6 +49,18 @@ tm, ts = TK.reshape(-1, 64).mean(0), TK.reshape(-1, 64).std(0) + 1e-6
 ctx_of = (lambda p, t: ((p - pm) / ps)[:, None, :]) if MODE == 'pooled' else (lambda p, t: (t - tm) / ts)
 C = ctx_of(P, TK).astype(np.float32)
 X = np.stack([np.load(f"/tmp/s7/ldm_K3/cache/latents/{r['id']}.npy").reshape(4, 16, 16, 8) for r in rows]).astype(np.float32) * 0.5909814834594727
+def side_of(rep):
+    r = rep.lower()
+    return 'R' if ('right pleural' in r or 'seen on the right' in r) else 'L' if ('left pleural' in r or 'seen on the left' in r) else 'N' if ('no pleural effusion' in r or 'pleural effusion is not' in r) else None
+sides = [side_of(r['report']) for r in rows]
+mean = {k: X[[i for i, q in enumerate(sides) if q == k]].mean(0) for k in 'RLN'}
+# the latent voxels (any channel) where a one-sided effusion changes the mean latent most: top 5 % per side
+reg = np.zeros(X.shape[2:], bool)
+for k in 'RL':
+    d = np.abs(mean[k] - mean['N']).max(0)
+    reg |= d >= np.quantile(d, 0.95)
+WMAP = torch.tensor(np.where(reg, REGION_W, 1.0).astype(np.float32))[None, None]
+print('region voxels', int(reg.sum()), 'of', reg.size, 'weight', REGION_W)
 ucfg = json.load(open('/tmp/s7/ldm_K3/model/unet_config.json'))
 ucfg = {k: v for k, v in ucfg.items() if k not in ('use_flash_attention',)}
 net = DiffusionModelUNetMaisi(**ucfg).float()
@@ -64,7 +78,7 @@ for step in range(1, STEPS + 1):
     n = torch.randn_like(x0); t = sch.sample_timesteps(x0)
     xt = sch.add_noise(x0, n, t)
     v = net(xt, t, c, class_labels=cl, spacing_tensor=sp)
-    loss = (v - (x0 - n)).abs().mean()
+    loss = ((v - (x0 - n)).abs() * WMAP).mean()
     for gp in opt.param_groups: gp['lr'] = 3e-4 * (1 - step / STEPS) ** 2
     opt.zero_grad(); loss.backward(); opt.step()
     if step % 100 == 0: print(step, round(loss.item(), 4), round(time.time() - t0), 's', flush=True)
@@ -87,4 +101,4 @@ for tv in (900., 600., 300.):
     dd = out['R'] - out['L']; ee = 0.5 * (out['R'] + out['L']) - out['N']
     fl = torch.flip(dd, dims=[2]); anti = rms(dd - fl) / (rms(dd - fl) + rms(dd + fl))
     print(MODE, STEPS, 't', tv, 'side/effusion', round(rms(dd) / rms(ee), 3), 'antisym', round(anti, 3))
-torch.save(net.state_dict(), f'/tmp/s8/tok/unet_{MODE}_{STEPS}.pt')
+torch.save(net.state_dict(), f"/tmp/s8/tok/unet_{MODE}_{STEPS}_{REGION_W:g}.pt")

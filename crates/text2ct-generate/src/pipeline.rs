@@ -245,13 +245,9 @@ impl Pipeline {
 
     /// The guided model output at timestep `t`: one batched U-Net call for the conditional and
     /// unconditional branches (`w = 1` needs only the conditional one, `w = 0` only the
-    /// unconditional one). The unconditional context is `uncond` (a negative prompt's) or zeros.
-    fn guided(&self, x: &Tensor<5>, t: f32, ctx: &Tensor<3>, uncond: Option<&Tensor<3>>, w: f32) -> Result<Tensor<5>> {
+    /// unconditional one, at `uncond`: zeros or a negative prompt's context).
+    fn guided(&self, x: &Tensor<5>, t: f32, ctx: &Tensor<3>, uncond: &Tensor<3>, w: f32) -> Result<Tensor<5>> {
         let dev = &self.device;
-        let zeros = match uncond {
-            Some(u) => u.clone(),
-            None => Tensor::<3>::zeros(ctx.dims(), dev),
-        };
         let call = |xb: Tensor<5>, c: Tensor<3>, b: usize| -> Result<Tensor<5>> {
             let tt = Tensor::<1>::from_data(TensorData::new(vec![t; b], [b]), dev);
             self.unet.forward_cond(xb, tt, &self.cond(Some(c), b)).map_err(model_err)
@@ -260,9 +256,10 @@ impl Pipeline {
             return call(x.clone(), ctx.clone(), 1);
         }
         if w == 0.0 {
-            return call(x.clone(), zeros, 1);
+            return call(x.clone(), uncond.clone(), 1);
         }
-        let out = call(Tensor::cat(vec![x.clone(), x.clone()], 0), Tensor::cat(vec![zeros, ctx.clone()], 0), 2)?;
+        let out =
+            call(Tensor::cat(vec![x.clone(), x.clone()], 0), Tensor::cat(vec![uncond.clone(), ctx.clone()], 0), 2)?;
         let d = out.dims();
         let vu = out.clone().slice([0..1, 0..d[1], 0..d[2], 0..d[3], 0..d[4]]);
         let vc = out.slice([1..2, 0..d[1], 0..d[2], 0..d[3], 0..d[4]]);
@@ -292,15 +289,18 @@ impl Pipeline {
         opts: &SampleOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor<5>> {
-        if let Some(u) = uncond {
-            if u.dims() != ctx.dims() {
+        // The unconditional context, made once for all steps.
+        let uncond = match uncond {
+            Some(u) if u.dims() != ctx.dims() => {
                 return Err(GenerateError::Invalid(format!(
                     "the unconditional context has shape {:?}, the prompt's {:?}",
                     u.dims(),
                     ctx.dims()
-                )));
+                )))
             }
-        }
+            Some(u) => u.clone(),
+            None => Tensor::<3>::zeros(ctx.dims(), &self.device),
+        };
         let _ = cfg_combine; // the slice form of the same rule, tested in text2ct-diffusion
         let d = x.dims();
         let numel = (d[2] * d[3] * d[4]) as u64;
@@ -310,7 +310,7 @@ impl Pipeline {
                     .set_timesteps(opts.steps, numel, RFlowMode::from_exact(opts.exact))
                     .map_err(model_err)?;
                 for (i, (&t, &dt)) in s.timesteps.iter().zip(&s.dts).enumerate() {
-                    let v = self.guided(&x, t as f32, ctx, uncond, opts.guidance)?;
+                    let v = self.guided(&x, t as f32, ctx, &uncond, opts.guidance)?;
                     x = x + v.mul_scalar(dt as f32);
                     progress(i + 1, s.len());
                 }
@@ -330,7 +330,7 @@ impl Pipeline {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed ^ opts.steps as u64);
                 let shape = x.dims();
                 for (i, &t) in ts.iter().enumerate() {
-                    let eps = self.guided(&x, t as f32, ctx, uncond, opts.guidance)?;
+                    let eps = self.guided(&x, t as f32, ctx, &uncond, opts.guidance)?;
                     let xv = x.clone().into_data().convert::<f32>().try_into_vec::<f32>().map_err(model_err)?;
                     let ev = eps.into_data().convert::<f32>().try_into_vec::<f32>().map_err(model_err)?;
                     let next = if ddim {

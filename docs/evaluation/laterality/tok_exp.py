@@ -88,10 +88,7 @@ PR = {"R": "Findings: Right pleural effusion with a maximal thickness of 30 mm. 
       "L": "Findings: Left pleural effusion with a maximal thickness of 30 mm. Impression: Left pleural effusion.",
       "N": "Findings: No pleural effusion. Impression: Normal chest CT."}
 pp, tt = embed(list(PR.values())); cc = ctx_of(pp, tt).astype(np.float32)
-def side(rep):
-    r = rep.lower()
-    return 'R' if ('right pleural' in r or 'seen on the right' in r) else 'L' if ('left pleural' in r or 'seen on the left' in r) else 'N' if ('no pleural effusion' in r or 'pleural effusion is not' in r) else None
-nid = [i for i, r in enumerate(rows) if side(r['report']) == 'N'][:4]
+nid = [i for i, q in enumerate(sides) if q == 'N'][:4]
 x0 = torch.tensor(X[nid]); eps = torch.tensor(np.random.default_rng(0).standard_normal(x0.shape).astype(np.float32))
 rms = lambda z: float(z.pow(2).mean().sqrt())
 for tv in (900., 600., 300.):

@@ -2,17 +2,20 @@
 """Does a multi-token text context let the U-Net learn the effusion side? (docs/evaluation/
 prompt-effects.md, session 8; phantoms only; a check outside the project in PyTorch/MONAI/transformers.)
 
-usage: python3 tok_exp.py pooled|tokens STEPS [TOKENS [REGION_WEIGHT]]
+usage: python3 tok_exp.py pooled|tokens|oracle STEPS [TOKENS [REGION_WEIGHT]]
 Fine-tunes K3's U-Net (MONAI's DiffusionModelUNetMaisi, the same weights) for STEPS steps on
 ldm_sided.jsonl (rectified flow, L1 on v, CFG dropout 0.1, Adam 3e-4 with polynomial decay, batch 4)
 with (a) the pooled, standardised 1-token context text2ct uses, or (b) the text encoder's first
 TOKENS projected token states ([B, TOKENS, 64], standardised per dimension), then measures
 side / effusion and the mirror share of the right-minus-left velocity as side_diag.py does. At
 STEPS = 0 with `pooled` it reproduces side_diag.py's K3 row (a cross-check of text2ct's U-Net and
-text encoder against PyTorch). REGION_WEIGHT (default 1) multiplies the L1 loss on the 5 % of
+text encoder against PyTorch). `oracle` replaces the pooled context's first dimension by a clean
+side code of size $ORACLE (default 3). LOAD=FILE.pt with STEPS = 0 measures a U-Net an earlier run
+saved. The measure also prints the cosine between the response and the data's mean-latent
+difference (right - left; effusion - none). REGION_WEIGHT (default 1) multiplies the L1 loss on the 5 % of
 latent voxels where a one-sided effusion changes the mean latent most (either side). Paths: /tmp/s7 (te_K, ldm_K3) and /tmp/s7/ldm_sided.jsonl.
 """
-import sys, json, re, tempfile, time
+import os, sys, json, re, tempfile, time
 import numpy as np, torch
 sys.path.insert(0, '/work/main/crates/text2ct-text/fixtures'); argv = sys.argv; sys.argv = ['x']
 import gen_token_fixtures as g
@@ -46,12 +49,19 @@ lens = [len(tok(r['report'])['input_ids']) for r in rows[:200]]
 print('token lengths: median', np.median(lens), 'max', max(lens), '-> using', T_TOK)
 pm, ps = P.mean(0), P.std(0) + 1e-6
 tm, ts = TK.reshape(-1, 64).mean(0), TK.reshape(-1, 64).std(0) + 1e-6
-ctx_of = (lambda p, t: ((p - pm) / ps)[:, None, :]) if MODE == 'pooled' else (lambda p, t: (t - tm) / ts)
-C = ctx_of(P, TK).astype(np.float32)
-X = np.stack([np.load(f"/tmp/s7/ldm_K3/cache/latents/{r['id']}.npy").reshape(4, 16, 16, 8) for r in rows]).astype(np.float32) * 0.5909814834594727
+ctx_of = (lambda p, t: ((p - pm) / ps)[:, None, :]) if MODE in ('pooled', 'oracle') else (lambda p, t: (t - tm) / ts)
 def side_of(rep):
     r = rep.lower()
     return 'R' if ('right pleural' in r or 'seen on the right' in r) else 'L' if ('left pleural' in r or 'seen on the left' in r) else 'N' if ('no pleural effusion' in r or 'pleural effusion is not' in r) else None
+def oracle(c, texts):
+    # 'oracle': the pooled context with its first dimension replaced by a clean side code (+S right,
+    # -S left, 0 otherwise; S = $ORACLE, default 3): what a text encoder with a strong side direction would give.
+    if MODE == 'oracle':
+        S = float(os.environ.get('ORACLE', '3'))
+        c = c.copy(); c[:, 0, 0] = [S if side_of(x) == 'R' else -S if side_of(x) == 'L' else 0.0 for x in texts]
+    return c
+C = oracle(ctx_of(P, TK).astype(np.float32), [r['report'] for r in rows])
+X = np.stack([np.load(f"/tmp/s7/ldm_K3/cache/latents/{r['id']}.npy").reshape(4, 16, 16, 8) for r in rows]).astype(np.float32) * 0.5909814834594727
 sides = [side_of(r['report']) for r in rows]
 mean = {k: X[[i for i, q in enumerate(sides) if q == k]].mean(0) for k in 'RLN'}
 # the latent voxels (any channel) where a one-sided effusion changes the mean latent most: top 5 % per side
@@ -66,6 +76,8 @@ ucfg = {k: v for k, v in ucfg.items() if k not in ('use_flash_attention',)}
 net = DiffusionModelUNetMaisi(**ucfg).float()
 wu = load_file('/tmp/s7/ldm_K3/model/unet.safetensors')
 net.load_state_dict({k[len('unet_state_dict.'):] if k.startswith('unet_state_dict.') else k: torch.tensor(v).float() for k, v in wu.items() if k != 'scale_factor'}, strict=True)
+if os.environ.get('LOAD'):  # measure a U-Net saved by an earlier run (with STEPS = 0) instead of K3
+    net.load_state_dict(torch.load(os.environ['LOAD']), strict=True)
 sch = RFlowScheduler(num_train_timesteps=1000, use_discrete_timesteps=False, sample_method='uniform', use_timestep_transform=True, base_img_size_numel=32 * 32 * 32, spatial_dim=3)
 opt = torch.optim.Adam(net.parameters(), lr=3e-4)
 rng = np.random.default_rng(0)
@@ -87,7 +99,7 @@ net.eval()
 PR = {"R": "Findings: Right pleural effusion with a maximal thickness of 30 mm. Impression: Right pleural effusion.",
       "L": "Findings: Left pleural effusion with a maximal thickness of 30 mm. Impression: Left pleural effusion.",
       "N": "Findings: No pleural effusion. Impression: Normal chest CT."}
-pp, tt = embed(list(PR.values())); cc = ctx_of(pp, tt).astype(np.float32)
+pp, tt = embed(list(PR.values())); cc = oracle(ctx_of(pp, tt).astype(np.float32), list(PR.values()))
 nid = [i for i, q in enumerate(sides) if q == 'N'][:4]
 x0 = torch.tensor(X[nid]); eps = torch.tensor(np.random.default_rng(0).standard_normal(x0.shape).astype(np.float32))
 rms = lambda z: float(z.pow(2).mean().sqrt())
@@ -97,5 +109,8 @@ for tv in (900., 600., 300.):
         out = {k: net(xt, T, torch.tensor(np.repeat(cc[i:i + 1], 4, 0)), class_labels=cl, spacing_tensor=sp) for i, k in enumerate(PR)}
     dd = out['R'] - out['L']; ee = 0.5 * (out['R'] + out['L']) - out['N']
     fl = torch.flip(dd, dims=[2]); anti = rms(dd - fl) / (rms(dd - fl) + rms(dd + fl))
-    print(MODE, STEPS, 't', tv, 'side/effusion', round(rms(dd) / rms(ee), 3), 'antisym', round(anti, 3))
-torch.save(net.state_dict(), f"/tmp/s8/tok/unet_{MODE}_{STEPS}_{REGION_W:g}.pt")
+    # does the response point where the data's difference does? cosine with the mean-latent differences
+    cos = lambda a, b: float((a * b).sum() / (a.pow(2).sum().sqrt() * b.pow(2).sum().sqrt()))
+    cs = cos(dd.mean(0), torch.tensor(mean['R'] - mean['L'])); ce = cos(ee.mean(0), torch.tensor(0.5 * (mean['R'] + mean['L']) - mean['N']))
+    print(MODE, STEPS, 't', tv, 'side/effusion', round(rms(dd) / rms(ee), 3), 'antisym', round(anti, 3), 'cos side', round(cs, 3), 'cos effusion', round(ce, 3))
+if STEPS > 0: torch.save(net.state_dict(), f"/tmp/s8/tok/unet_{MODE}{os.environ.get('ORACLE', '') if MODE == 'oracle' else ''}_{STEPS}_{REGION_W:g}.pt")

@@ -188,7 +188,7 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
         Some(plan) if matrix_path_fits(plan.b, plan.cin, plan.cout, plan.k, plan.p) => {
             conv3d_im2col_with(conv, x, plan)
         }
-        _ => conv.forward(x),
+        _ => crate::directconv::conv3d_direct(conv, &x).unwrap_or_else(|| conv.forward(x)),
     }
 }
 

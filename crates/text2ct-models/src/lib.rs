@@ -24,6 +24,7 @@ pub mod clip_text;
 pub mod ctnet;
 pub mod ctvit;
 pub mod device;
+pub mod directconv;
 pub mod error;
 pub mod interp;
 pub mod minilm;

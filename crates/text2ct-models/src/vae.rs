@@ -30,7 +30,9 @@ use rand::SeedableRng;
 use rand_distr::Distribution;
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{conv3d, group_norm, Downsample, InitSource, ParamSource, ResBlock, StateDictSource, Upsample};
+use crate::blocks::{
+    conv3d, conv3d_forward, group_norm, Downsample, InitSource, ParamSource, ResBlock, StateDictSource, Upsample,
+};
 use crate::error::{ModelError, Result};
 use crate::weights::StateDict;
 
@@ -276,7 +278,7 @@ impl Encoder {
     }
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv3d_forward(&self.conv_in, x);
         for level in &self.levels {
             for r in &level.res {
                 h = r.forward(h);
@@ -286,7 +288,7 @@ impl Encoder {
             }
         }
         // No SiLU here: MONAI's MaisiEncoder goes straight from the GroupNorm to the conv.
-        self.conv_out.forward(crate::blocks::group_norm_forward(&self.norm_out, h))
+        conv3d_forward(&self.conv_out, crate::blocks::group_norm_forward(&self.norm_out, h))
     }
 }
 
@@ -338,7 +340,7 @@ impl Decoder {
     }
 
     pub fn forward(&self, z: Tensor<5>) -> Tensor<5> {
-        let mut h = self.conv_in.forward(z);
+        let mut h = conv3d_forward(&self.conv_in, z);
         for level in &self.levels {
             for r in &level.res {
                 h = r.forward(h);
@@ -347,7 +349,7 @@ impl Decoder {
                 h = u.forward(h);
             }
         }
-        self.conv_out.forward(crate::blocks::group_norm_forward(&self.norm_out, h))
+        conv3d_forward(&self.conv_out, crate::blocks::group_norm_forward(&self.norm_out, h))
     }
 }
 

@@ -8,10 +8,10 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv3d;
 use burn::nn::{GroupNorm, PaddingConfig3d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 
+use crate::fusednorm::group_norm_silu;
 use crate::interp::upsample_trilinear_x2;
 use crate::weights::{RawTensor, StateDict};
 
@@ -352,8 +352,8 @@ impl ResBlock {
     }
 
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let h = conv3d_forward(&self.conv1, silu(group_norm_forward(&self.norm1, x.clone())));
-        let h = conv3d_forward(&self.conv2, silu(group_norm_forward(&self.norm2, h)));
+        let h = conv3d_forward(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
+        let h = conv3d_forward(&self.conv2, group_norm_silu(&self.norm2, h));
         let skip = match &self.nin_shortcut {
             Some(c) => c.forward(x),
             None => x,

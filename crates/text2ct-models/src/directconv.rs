@@ -31,7 +31,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 /// The CPU (`flex`) primitive of `t` when `t` is a plain f32 CPU tensor with contiguous storage
 /// (no copy). `None` on other backends, other dtypes, non-contiguous views and tensors tracked by
 /// autodiff (which must keep burn's differentiable operations).
-fn flex_tensor<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+pub(crate) fn flex_tensor<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     if t.is_require_grad() || t.device() != Device::flex() {
         return None;
     }

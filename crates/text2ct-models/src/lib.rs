@@ -26,6 +26,7 @@ pub mod ctvit;
 pub mod device;
 pub mod directconv;
 pub mod error;
+pub mod fusednorm;
 pub mod interp;
 pub mod minilm;
 pub mod resnet2d;

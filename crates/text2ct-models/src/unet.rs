@@ -33,10 +33,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::attention::{linear, SpatialTransformer};
-use crate::blocks::{
-    conv3d, conv3d_forward, group_norm, group_norm_forward, param, InitSource, ParamKind, ParamSource, StateDictSource,
-};
+use crate::blocks::{conv3d, conv3d_forward, group_norm, param, InitSource, ParamKind, ParamSource, StateDictSource};
 use crate::error::{ModelError, Result};
+use crate::fusednorm::group_norm_silu;
 use crate::interp::repeat_nearest;
 use crate::weights::StateDict;
 
@@ -465,7 +464,7 @@ impl UnetResBlock {
 
     /// `x` `[B, cin, ...]`, `emb_silu` = `SiLU(emb)` `[B, temb]`.
     pub fn forward(&self, x: Tensor<5>, emb_silu: &Tensor<2>) -> Tensor<5> {
-        let h = silu(group_norm_forward(&self.norm1, x.clone()));
+        let h = group_norm_silu(&self.norm1, x.clone());
         let (x, h) = if self.up {
             (repeat_nearest(x, [2, 2, 2]), repeat_nearest(h, [2, 2, 2]))
         } else if self.down {
@@ -477,7 +476,7 @@ impl UnetResBlock {
         let t = self.time_emb_proj.forward(emb_silu.clone());
         let [b, c] = t.dims();
         let h = h + t.reshape([b, c, 1, 1, 1]);
-        let h = conv3d_forward(&self.conv2, silu(group_norm_forward(&self.norm2, h)));
+        let h = conv3d_forward(&self.conv2, group_norm_silu(&self.norm2, h));
         let skip = match &self.skip_connection {
             Some(s) => conv3d_forward(s, x),
             None => x,
@@ -884,7 +883,7 @@ impl UnetNet {
                 h = u.forward(h, &emb);
             }
         }
-        conv3d_forward(&self.out_conv, silu(group_norm_forward(&self.out_norm, h)))
+        conv3d_forward(&self.out_conv, group_norm_silu(&self.out_norm, h))
     }
 
     /// `forward(x, t, context, class_labels, spacing)` → `[B, out_channels, X, Y, Z]`, the

@@ -397,22 +397,25 @@ impl Upsample {
     }
 }
 
+/// The tests' measure of agreement: ‖a − b‖ / ‖a‖ over all elements (same shapes).
+#[cfg(test)]
+pub(crate) fn rel_l2(a: Tensor<5>, b: Tensor<5>) -> f32 {
+    let a = a.into_data().try_into_vec::<f32>().unwrap();
+    let b = b.into_data().try_into_vec::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    let (mut n, mut d) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(&b) {
+        n += f64::from(x - y).powi(2);
+        d += f64::from(*x).powi(2);
+    }
+    (n / d).sqrt() as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::nn::GroupNormConfig;
     use burn::tensor::Distribution;
-
-    fn max_rel(a: Tensor<5>, b: Tensor<5>) -> f32 {
-        let a = a.into_data().try_into_vec::<f32>().unwrap();
-        let b = b.into_data().try_into_vec::<f32>().unwrap();
-        let (mut n, mut d) = (0f64, 0f64);
-        for (x, y) in a.iter().zip(&b) {
-            n += f64::from(x - y).powi(2);
-            d += f64::from(*x).powi(2);
-        }
-        (n / d).sqrt() as f32
-    }
 
     /// The staged GroupNorm equals burn's on the CPU on all three paths: one reduction
     /// (group of 4096), equal chunks (2 x 36864 = 73728 = 2^13 * 9), and zero padding (a prime-ish
@@ -427,7 +430,7 @@ mod tests {
             let b: Vec<f32> = (0..c).map(|i| i as f32 * 0.05 - 0.1).collect();
             gn.gamma = Some(Param::from_tensor(Tensor::from_data(TensorData::new(w, [c]), &dev)));
             gn.beta = Some(Param::from_tensor(Tensor::from_data(TensorData::new(b, [c]), &dev)));
-            let e = max_rel(gn.forward(x.clone()), group_norm_forward(&gn, x));
+            let e = rel_l2(gn.forward(x.clone()), group_norm_forward(&gn, x));
             assert!(e < 1e-5, "{c} channels, {g} groups, {dims:?}: relative error {e}");
         }
     }
@@ -456,7 +459,7 @@ mod tests {
             assert_eq!(matrix_path_fits(b, cin, cout, k * k * k, out), i != 4, "case {i}");
             let conv = conv3d(&mut InitSource::new(3), "c", cin, cout, k, 1, pad, &dev);
             let x = Tensor::<5>::random([b, cin, dims[0], dims[1], dims[2]], Distribution::Normal(0.0, 1.0), &dev);
-            let e = max_rel(conv.forward(x.clone()), conv3d_forward(&conv, x.clone()));
+            let e = rel_l2(conv.forward(x.clone()), conv3d_forward(&conv, x.clone()));
             assert!(e < 1e-6, "{cin}->{cout} k{k} p{pad} b{b} {dims:?}: relative error {e}");
             // Gradients with respect to input, weight and bias agree too.
             let conv_ad = conv3d(&mut InitSource::new(3), "c", cin, cout, k, 1, pad, &ad);
@@ -465,9 +468,9 @@ mod tests {
             let xb = Tensor::<5>::from_data(x.into_data(), &ad).require_grad();
             let g2 = (conv3d_forward(&conv_ad, xb.clone()).powf_scalar(2.0)).sum().backward();
             let (dx1, dx2) = (xa.grad(&g1).unwrap(), xb.grad(&g2).unwrap());
-            assert!(max_rel(dx1, dx2) < 1e-5);
+            assert!(rel_l2(dx1, dx2) < 1e-5);
             let (dw1, dw2) = (conv_ad.weight.grad(&g1).unwrap(), conv_ad.weight.grad(&g2).unwrap());
-            assert!(max_rel(dw1, dw2) < 1e-5);
+            assert!(rel_l2(dw1, dw2) < 1e-5);
         }
         assert!(!matrix_path_fits(1, 64, 64, 27, 16 * 16 * 8)); // a large output: burn's tiled path
         assert!(!matrix_path_fits(1, 4096, 4096, 27, 4096)); // a patch matrix over 64 MB

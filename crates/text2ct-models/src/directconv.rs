@@ -377,20 +377,8 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blocks::{conv3d, InitSource};
+    use crate::blocks::{conv3d, rel_l2, InitSource};
     use burn::tensor::Distribution;
-
-    fn max_rel(a: Tensor<5>, b: Tensor<5>) -> f32 {
-        let a = a.into_data().try_into_vec::<f32>().unwrap();
-        let b = b.into_data().try_into_vec::<f32>().unwrap();
-        assert_eq!(a.len(), b.len());
-        let (mut n, mut d) = (0f64, 0f64);
-        for (x, y) in a.iter().zip(&b) {
-            n += f64::from(x - y).powi(2);
-            d += f64::from(*x).powi(2);
-        }
-        (n / d).sqrt() as f32
-    }
 
     /// Both micro-kernels (each where the CPU has it) equal burn's conv3d: 16- and 32-wide
     /// channel blocks (48 = 32 + 16), rows shorter and longer than a tile and not a multiple of
@@ -417,7 +405,7 @@ mod tests {
                 let wt = pack_weight(&ws, cout, cin, isa);
                 let y = conv3_same(&xs, &wt, bs.as_deref(), cin, cout, dims, isa);
                 let y = Tensor::<5>::from_data(TensorData::new(y, [1, cout, dims[0], dims[1], dims[2]]), &dev);
-                let e = max_rel(conv.forward(x), y);
+                let e = rel_l2(conv.forward(x), y);
                 assert!(e < 1e-6, "{isa:?} {cin}->{cout} {dims:?}: relative error {e}");
             }
         }
@@ -427,7 +415,7 @@ mod tests {
         let conv = conv3d(&mut InitSource::new(8), "c", 6, 32, 3, 1, 1, &dev);
         let x = Tensor::<5>::random([2, 6, 5, 6, 7], Distribution::Normal(0.0, 1.0), &dev);
         let y = conv3d_direct(&conv, &x).expect("the direct path applies");
-        let e = max_rel(conv.forward(x), y);
+        let e = rel_l2(conv.forward(x), y);
         assert!(e < 1e-6, "conv3d_direct, batch 2: relative error {e}");
     }
 

@@ -166,14 +166,7 @@ mod tests {
             gn.beta = Some(Param::from_tensor(Tensor::from_data(TensorData::new(bb, [c]), &dev)));
             let fast = fused(&gn, &x).expect("the fused path applies");
             let reference = silu(group_norm_forward(&gn, x.clone()));
-            let (a, r) =
-                (fast.into_data().try_into_vec::<f32>().unwrap(), reference.into_data().try_into_vec::<f32>().unwrap());
-            let (mut num, mut den) = (0f64, 0f64);
-            for (p, q) in a.iter().zip(&r) {
-                num += f64::from(p - q).powi(2);
-                den += f64::from(*q).powi(2);
-            }
-            let e = (num / den).sqrt();
+            let e = crate::blocks::rel_l2(reference, fast);
             assert!(e < 1e-6, "{c} channels, {g} groups: relative error {e}");
             let ad = dev.clone().autodiff();
             let xa = Tensor::<5>::from_data(x.into_data(), &ad).require_grad();

@@ -1,11 +1,9 @@
 //! GFLOP/s of burn's `flex` conv3d (3x3x3, padding 1) and of `text2ct_models::blocks::conv3d_forward`
 //! (which takes an im2col matrix product where burn's per-call kernel re-ordering dominates, and
-//! the AVX-512 direct convolution of `text2ct_models::directconv` for larger outputs) at the
+//! the AVX-512 / AVX2 direct convolution of `text2ct_models::directconv` for larger outputs) at the
 //! shapes of MAISI-VAE decoding and the diffusion U-Net, to set against the machine's f32 GEMM peak.
 //!
 //! `cargo run --release -p text2ct-models --example conv3d_speed [-- C_IN,C_OUT,X,Y,Z ...]`
-
-use std::time::Instant;
 
 use burn::nn::conv::Conv3dConfig;
 use burn::nn::PaddingConfig3d;
@@ -13,21 +11,16 @@ use burn::tensor::{Device, Distribution, Tensor};
 use text2ct_models::blocks::{conv3d_forward, conv3d_im2col};
 use text2ct_models::directconv::{conv3d_direct_with, Isa};
 
+#[path = "common/mod.rs"]
+mod common;
+
 fn main() {
-    let shapes: Vec<[usize; 5]> = std::env::args()
-        .skip(1)
-        .map(|a| {
-            let v: Vec<usize> = a.split(',').map(|s| s.trim().parse().expect("C_IN,C_OUT,X,Y,Z")).collect();
-            [v[0], v[1], v[2], v[3], v[4]]
-        })
-        .collect();
-    let shapes = if shapes.is_empty() {
-        // 32->32 at 32^3 (the rust-ml-stack.md reference point); the VAE decoder's full-resolution
-        // level (64 ch) and its 128-ch level on a 32x32x16-latent window; a U-Net level.
-        vec![[32, 32, 32, 32, 32], [64, 64, 64, 64, 32], [128, 128, 64, 64, 32], [256, 256, 16, 16, 8]]
-    } else {
-        shapes
-    };
+    // 32->32 at 32^3 (the rust-ml-stack.md reference point); the VAE decoder's full-resolution
+    // level (64 ch) and its 128-ch level on a 32x32x16-latent window; a U-Net level.
+    let shapes = common::shapes_from_args(
+        "C_IN,C_OUT,X,Y,Z",
+        vec![[32, 32, 32, 32, 32], [64, 64, 64, 64, 32], [128, 128, 64, 64, 32], [256, 256, 16, 16, 8]],
+    );
     let dev = Device::flex();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
@@ -38,15 +31,7 @@ fn main() {
         let conv = Conv3dConfig::new([ci, co], [3, 3, 3]).with_padding(PaddingConfig3d::Explicit(1, 1, 1)).init(&dev);
         let input = Tensor::<5>::random([1, ci, x, y, z], Distribution::Normal(0.0, 1.0), &dev);
         let gflop = 2.0 * (ci * co * 27 * x * y * z) as f64 / 1e9;
-        let time = |f: &dyn Fn() -> Tensor<5>| {
-            let mut best = f64::INFINITY;
-            for _ in 0..3 {
-                let t = Instant::now();
-                let _ = f().into_data();
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            best
-        };
+        let time = common::best_of_3;
         let burn = time(&|| conv.forward(input.clone()));
         let im2col = time(&|| conv3d_im2col(&conv, input.clone()).expect("a stride-1 CPU convolution"));
         let ours = time(&|| conv3d_forward(&conv, input.clone()));

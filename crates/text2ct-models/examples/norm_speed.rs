@@ -4,38 +4,24 @@
 //!
 //! `cargo run --release -p text2ct-models --example norm_speed [-- C,X,Y,Z ...]`
 
-use std::time::Instant;
-
 use burn::nn::GroupNormConfig;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Distribution, Tensor};
 use text2ct_models::blocks::group_norm_forward;
 use text2ct_models::fusednorm::group_norm_silu;
 
+#[path = "common/mod.rs"]
+mod common;
+
 fn main() {
-    let shapes: Vec<[usize; 4]> = std::env::args()
-        .skip(1)
-        .map(|a| {
-            let v: Vec<usize> = a.split(',').map(|s| s.trim().parse().expect("C,X,Y,Z")).collect();
-            [v[0], v[1], v[2], v[3]]
-        })
-        .collect();
-    let shapes = if shapes.is_empty() { vec![[64, 64, 64, 32], [64, 128, 128, 32], [64, 16, 16, 8]] } else { shapes };
+    let shapes = common::shapes_from_args("C,X,Y,Z", vec![[64, 64, 64, 32], [64, 128, 128, 32], [64, 16, 16, 8]]);
     let dev = Device::flex();
     println!("| GroupNorm(32) + SiLU | MB | burn ops ms (best of 3) | fused ms | gain |");
     println!("|---|---|---|---|---|");
     for [c, x, y, z] in shapes {
         let gn = GroupNormConfig::new(32, c).with_epsilon(1e-6).init(&dev);
         let input = Tensor::<5>::random([1, c, x, y, z], Distribution::Normal(0.0, 1.0), &dev);
-        let time = |f: &dyn Fn() -> Tensor<5>| {
-            let mut best = f64::INFINITY;
-            for _ in 0..3 {
-                let t = Instant::now();
-                let _ = f().into_data();
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            best
-        };
+        let time = common::best_of_3;
         let burn = time(&|| silu(group_norm_forward(&gn, input.clone())));
         let fused = time(&|| group_norm_silu(&gn, input.clone()));
         let mb = (c * x * y * z * 4) as f64 / 1e6;

@@ -9,8 +9,13 @@
 //!
 //! Unknown names and GPU names in a CPU-only build are errors that say how to get the device,
 //! never a silent fall-back to the CPU.
+//!
+//! Also: [`flex_tensor`], the raw CPU storage of a plain CPU tensor, for the CPU kernels
+//! (`directconv`, `fusednorm`) that read and write it directly.
 
-use burn::tensor::Device;
+use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
+use burn::tensor::{Device, Tensor};
 
 /// The device names this build accepts, for help texts and error messages.
 pub fn available() -> &'static str {
@@ -60,6 +65,18 @@ fn gpu(_index: Option<usize>, spec: &str) -> Result<Device, String> {
         "device {spec:?} needs a GPU build: `cargo build --release --features wgpu` (this build has: {})",
         available()
     ))
+}
+
+/// The CPU (`flex`) primitive of `t` when `t` is a plain f32 CPU tensor with contiguous storage
+/// (no copy). `None` on other backends, other dtypes, non-contiguous views and tensors tracked by
+/// autodiff (which must keep burn's differentiable operations).
+pub(crate) fn flex_tensor<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    if t.is_require_grad() || t.device() != Device::flex() {
+        return None;
+    }
+    let p = t.clone().try_into_primitive::<Flex>().ok()?;
+    p.as_slice::<f32>()?;
+    Some(p)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! A direct 3 × 3 × 3 convolution for the CPU, register-tiled with AVX-512 (inference only).
+//! A direct 3 × 3 × 3 convolution for the CPU, register-tiled with AVX-512 or AVX2 (inference only).
 //!
 //! burn 0.22.1's CPU conv3d builds an im2col patch matrix in 512-voxel tiles and hands it to the
 //! `gemm` crate: 80–130 GFLOP/s on the large convolutions of the VAE and of the U-Net's top level
@@ -18,27 +18,16 @@
 //! It is used only where it applies and pays: stride 1, dilation 1, one group, a 3 × 3 × 3 kernel
 //! with padding 1, output channels a multiple of 16, more output voxels than output channels (the
 //! small deep-level convolutions take `blocks::conv3d_forward`'s matrix path), a plain (not
-//! autodiff-tracked) f32 CPU tensor, and a CPU with AVX-512F (chosen at run time; elsewhere burn's
-//! convolution runs). The sums are the same products as burn's in another order: results agree
-//! to ~1e-7 relative (tests below; the MONAI parity fixtures pass through it).
+//! autodiff-tracked) f32 CPU tensor, and a CPU with AVX-512F or AVX2 + FMA (chosen at run time, see
+//! [`Isa`]; elsewhere burn's convolution runs). The sums are the same products as burn's in
+//! another order: results agree to ~1e-7 relative (tests below; the MONAI parity fixtures pass
+//! through it).
 
-use burn::backend::flex::FlexTensor;
-use burn::backend::Flex;
 use burn::nn::conv::Conv3d;
 use burn::nn::PaddingConfig3d;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
-/// The CPU (`flex`) primitive of `t` when `t` is a plain f32 CPU tensor with contiguous storage
-/// (no copy). `None` on other backends, other dtypes, non-contiguous views and tensors tracked by
-/// autodiff (which must keep burn's differentiable operations).
-pub(crate) fn flex_tensor<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
-    if t.is_require_grad() || t.device() != Device::flex() {
-        return None;
-    }
-    let p = t.clone().try_into_primitive::<Flex>().ok()?;
-    p.as_slice::<f32>()?;
-    Some(p)
-}
+use crate::device::flex_tensor;
 
 /// The vector instructions a micro-kernel uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -378,7 +367,7 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::blocks::{conv3d, rel_l2, InitSource};
-    use burn::tensor::Distribution;
+    use burn::tensor::{Device, Distribution};
 
     /// Both micro-kernels (each where the CPU has it) equal burn's conv3d: 16- and 32-wide
     /// channel blocks (48 = 32 + 16), rows shorter and longer than a tile and not a multiple of

@@ -23,7 +23,7 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::blocks::group_norm_forward;
-use crate::directconv::flex_tensor;
+use crate::device::flex_tensor;
 
 /// `silu(group_norm(x))` for a `[B, C, X, Y, Z]` tensor, fused on the CPU where it can be.
 pub fn group_norm_silu(norm: &GroupNorm, x: Tensor<5>) -> Tensor<5> {
@@ -57,8 +57,8 @@ fn fused(norm: &GroupNorm, x: &Tensor<5>) -> Option<Tensor<5>> {
     out.par_chunks_mut(cpg * n).zip(xs.par_chunks(cpg * n)).enumerate().for_each(|(k, (dst, src))| {
         let c0 = (k % g) * cpg;
         let count = src.len() as f64;
-        let mean = sum_f64(src) / count;
-        let var = sum_sq_dev_f64(src, mean) / count;
+        let mean = lane_sum(src, |v| v) / count;
+        let var = lane_sum(src, |v| (v - mean) * (v - mean)) / count;
         let inv = (1.0 / (var + eps).sqrt()) as f32;
         let mean = mean as f32;
         for j in 0..cpg {
@@ -71,30 +71,17 @@ fn fused(norm: &GroupNorm, x: &Tensor<5>) -> Option<Tensor<5>> {
     Some(Tensor::from_data(TensorData::new(out, dims), &x.device()))
 }
 
-/// Sum in f64, in 8 lanes (vectorisable).
-fn sum_f64(x: &[f32]) -> f64 {
+/// `Σ f(x_i)` in f64, in 8 lanes (vectorisable).
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     let mut acc = [0f64; 8];
     let mut chunks = x.chunks_exact(8);
     for ch in &mut chunks {
         for (a, &v) in acc.iter_mut().zip(ch) {
-            *a += f64::from(v);
+            *a += f(f64::from(v));
         }
     }
-    acc.iter().sum::<f64>() + chunks.remainder().iter().map(|&v| f64::from(v)).sum::<f64>()
-}
-
-/// Sum of squared deviations from `mean`, in f64.
-fn sum_sq_dev_f64(x: &[f32], mean: f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let mut chunks = x.chunks_exact(8);
-    for ch in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(ch) {
-            let d = f64::from(v) - mean;
-            *a += d * d;
-        }
-    }
-    let rest: f64 = chunks.remainder().iter().map(|&v| (f64::from(v) - mean).powi(2)).sum();
-    acc.iter().sum::<f64>() + rest
+    acc.iter().sum::<f64>() + chunks.remainder().iter().map(|&v| f(f64::from(v))).sum::<f64>()
 }
 
 /// `dst = silu(src · a + s)`.

@@ -78,6 +78,15 @@ pub struct Summary {
     pub manifest: String,
 }
 
+/// One row of the metadata CSV, parsed.
+#[derive(Clone, Debug)]
+struct MetaRow {
+    /// (RescaleSlope, RescaleIntercept), or why they cannot be used.
+    rescale: std::result::Result<(f64, f64), String>,
+    /// (XYSpacing, ZSpacing), when both are positive numbers.
+    spacing: Option<[f64; 3]>,
+}
+
 /// Read a CSV into (header, rows); require `needed` columns, naming any that are missing.
 fn read_csv(path: &Path, needed: &[&str]) -> Result<(Vec<String>, Vec<Vec<String>>, Vec<usize>)> {
     let mut rdr = csv::ReaderBuilder::new()
@@ -144,24 +153,23 @@ pub fn plan(opts: &PrepareOptions) -> Result<Plan> {
     }
 
     let mpath = layout::metadata_csv(root, split);
-    let mut meta: HashMap<String, (Option<(f64, f64)>, Option<[f64; 3]>)> = HashMap::new();
+    let mut meta: HashMap<String, MetaRow> = HashMap::new();
     if mpath.exists() {
         let (header, mrows, mi) = read_csv(&mpath, &layout::METADATA_COLUMNS)?;
         let zi = header.iter().position(|h| h == layout::METADATA_ZSPACING);
         for row in &mrows {
-            let slope = row[mi[1]].trim().parse::<f64>().ok();
-            let inter = row[mi[2]].trim().parse::<f64>().ok();
+            let number = |col: &str, cell: &str| {
+                cell.trim().parse::<f64>().map_err(|_| format!("{col} {cell:?} is not a number"))
+            };
+            let rescale =
+                number("RescaleSlope", &row[mi[1]]).and_then(|s| Ok((s, number("RescaleIntercept", &row[mi[2]])?)));
             let xy = parse_xy_spacing(&row[mi[3]]);
-            let z = zi.and_then(|z| row[z].trim().parse::<f64>().ok()).filter(|z| *z > 0.0);
-            let sp = match (xy, z) {
+            let z = zi.and_then(|z| row[z].trim().parse::<f64>().ok()).filter(|z| z.is_finite() && *z > 0.0);
+            let spacing = match (xy, z) {
                 (Some([a, b]), Some(z)) => Some([a, b, z]),
                 _ => None,
             };
-            let rs = match (slope, inter) {
-                (Some(s), Some(i)) => Some((s, i)),
-                _ => None,
-            };
-            meta.insert(row[mi[0]].trim().to_string(), (rs, sp));
+            meta.insert(row[mi[0]].trim().to_string(), MetaRow { rescale, spacing });
         }
     } else {
         warnings.push(format!("{}: no metadata CSV; slope/intercept not known, volumes taken as HU", mpath.display()));
@@ -209,10 +217,32 @@ pub fn plan(opts: &PrepareOptions) -> Result<Plan> {
             skipped.push(skip(&format!("volume file not found: {}", path.display())));
             continue;
         }
-        let (rescale, meta_spacing) = meta.get(&name).cloned().unwrap_or((None, None));
-        if mpath.exists() && !meta.contains_key(&name) {
-            warnings.push(format!("{name}: no row in the metadata CSV"));
-        }
+        // Without a metadata CSV at all the run warns once (above); with one, a volume whose row
+        // is missing or whose slope/intercept do not parse cannot be brought to HU: skipped,
+        // never stored as if it were HU already (unless the user said `--rescale never`).
+        let (rescale, meta_spacing) = match meta.get(&name) {
+            Some(m) => match &m.rescale {
+                Ok(r) => (Some(*r), m.spacing),
+                Err(e) => {
+                    skipped.push(skip(&format!("{e} in the metadata CSV {}", mpath.display())));
+                    continue;
+                }
+            },
+            None if mpath.exists() && opts.rescale != RescalePolicy::Never => {
+                skipped.push(skip(&format!(
+                    "no row in the metadata CSV {}: RescaleSlope/RescaleIntercept unknown \
+                     (pass --rescale never if the volumes are already HU)",
+                    mpath.display()
+                )));
+                continue;
+            }
+            None => {
+                if mpath.exists() {
+                    warnings.push(format!("{name}: no row in the metadata CSV (taken as HU: --rescale never)"));
+                }
+                (None, None)
+            }
+        };
         items.push(Item {
             name: name.clone(),
             path,

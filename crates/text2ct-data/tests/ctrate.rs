@@ -175,3 +175,43 @@ fn limit_stops_early() {
     o.limit = Some(1);
     assert_eq!(plan(&o).unwrap().items.len(), 1);
 }
+
+/// A slope or intercept that does not parse, or a volume without a metadata row, cannot be
+/// brought to HU: the item is skipped with the reason and nothing is written for it (it used to
+/// be stored raw, as if it were HU already).
+#[test]
+fn unusable_metadata_rows_are_skipped_not_stored_raw() {
+    let root = tmp("badmeta");
+    make_root(&root, &LABELS);
+    let mut meta = String::from("VolumeName,RescaleSlope,RescaleIntercept,XYSpacing,ZSpacing\n");
+    meta.push_str("train_1_a_1.nii.gz,abc,-1024,\"[2.0, 2.0]\",4.0\n");
+    meta.push_str("train_4_a_1.nii.gz,1,,\"[2.0, 2.0]\",4.0\n");
+    // train_2 (stored raw, HU + 1024) has no row at all.
+    write(&layout::metadata_csv(&root, Split::Train), &meta);
+    let out = root.join("prepared");
+    let opts = options(&root, &out);
+    let p = plan(&opts).unwrap();
+    let reason = |v: &str| p.skipped.iter().find(|s| s.volume.starts_with(v)).map(|s| s.reason.clone());
+    let r1 = reason("train_1").unwrap();
+    assert!(r1.contains("RescaleSlope \"abc\" is not a number") && r1.contains("metadata.csv"), "{r1}");
+    let r4 = reason("train_4").unwrap();
+    assert!(r4.contains("RescaleIntercept \"\" is not a number"), "{r4}");
+    let r2 = reason("train_2").unwrap();
+    assert!(r2.contains("no row in the metadata CSV") && r2.contains("--rescale never"), "{r2}");
+    assert!(p.items.is_empty(), "{:?}", p.items.iter().map(|i| &i.name).collect::<Vec<_>>());
+    let s = run(&p, &opts, 8, &|_| {}).unwrap();
+    assert_eq!(s.prepared, 0);
+    for id in ["train_1_a_1", "train_2_a_1"] {
+        assert!(!out.join(format!("volumes/{id}.npy")).exists(), "{id} was written");
+    }
+    assert!(read_manifest(&out.join("manifest.jsonl")).unwrap().is_empty());
+
+    // With `--rescale never` the user says the volumes are HU: a missing row is no reason to
+    // skip (a warning says it), while a slope that is not a number still is.
+    let mut never = options(&root, &root.join("never"));
+    never.rescale = RescalePolicy::Never;
+    let p = plan(&never).unwrap();
+    assert_eq!(p.items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["train_2_a_1.nii.gz"]);
+    assert!(p.warnings.iter().any(|w| w.contains("train_2_a_1") && w.contains("no row")), "{:?}", p.warnings);
+    assert!(p.skipped.iter().any(|s| s.volume.starts_with("train_1") && s.reason.contains("abc")));
+}

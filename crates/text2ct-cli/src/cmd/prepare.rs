@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use text2ct_data::ctrate::{count_report_rows, plan, run as run_plan, Outcome, PrepareOptions};
 use text2ct_data::layout::Split;
 use text2ct_data::preprocess::{Mode, PreprocessConfig, RescalePolicy};
@@ -112,5 +112,15 @@ pub fn ctrate(a: CtrateArgs) -> Result<()> {
     }
     println!("manifest: {}", summary.manifest);
     println!("summary:  {}", a.out.join("summary.json").display());
+    if summary.prepared + summary.already_done == 0 && !summary.skipped.is_empty() {
+        let first = &summary.skipped[0];
+        bail!(
+            "no volume was prepared: all {} row(s) were skipped (first: {}: {}; every reason is in {})",
+            summary.skipped.len(),
+            first.volume,
+            first.reason,
+            a.out.join("summary.json").display()
+        );
+    }
     Ok(())
 }

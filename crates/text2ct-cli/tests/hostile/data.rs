@@ -1,15 +1,109 @@
 //! Hostile inputs, family `data` (see main.rs).
 
-use crate::{check_all, s, scratch, Case};
+use std::path::Path;
+
+use crate::{check_all, s, scratch, setup, Case};
+
+/// Split one CSV line (quotes hold commas; the phantom's metadata has no doubled quotes).
+fn fields(line: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Set `column` of every row of a phantom's train metadata CSV to `value`.
+fn edit_metadata(root: &Path, column: &str, value: &str) {
+    let p = root.join("dataset/metadata/train_metadata.csv");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let col = fields(&lines[0]).iter().position(|h| h == column).unwrap();
+    for l in lines.iter_mut().skip(1) {
+        let mut f = fields(l);
+        f[col] = value.to_string();
+        *l = f
+            .iter()
+            .map(|x| if x.contains(',') { format!("\"{x}\"") } else { x.clone() })
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+}
+
+/// A phantom data set (2 train volumes, 1 valid, raw storage) at `root`.
+fn phantom(root: &Path) {
+    setup(&["phantom", "--out", &s(root), "--count", "3", "--size", "32,32,16", "--store-raw", "--jobs", "2"]);
+}
+
+/// `prepare ctrate` of a phantom's train split into `out`, small geometry.
+fn prepare<'a>(root: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "prepare",
+        "ctrate",
+        "--root",
+        root,
+        "--split",
+        "train",
+        "--out",
+        out,
+        "--spacing",
+        "12,12,20",
+        "--size",
+        "32,32,16",
+        "--jobs",
+        "2",
+    ]
+}
 
 pub fn cases() -> Vec<Case> {
     let d = scratch("data");
     let junk = d.join("junk.nii.gz");
     std::fs::write(&junk, b"not a nifti file").unwrap();
-    vec![
+    let mut cases = vec![
         // A file with a NIfTI name that is not NIfTI.
         Case::new("nifti-junk", &["inspect", &s(&junk)]).mentions("junk.nii.gz"),
-    ]
+    ];
+
+    // Issue 21 item 1: slopes that are not numbers (every train row): nothing can be brought to
+    // HU, nothing is written, exit 1 naming the metadata CSV.
+    let r = d.join("slope-abc");
+    phantom(&r);
+    edit_metadata(&r, "RescaleSlope", "abc");
+    let (root, out) = (s(&r), s(&d.join("slope-abc-out")));
+    cases.push(
+        Case::new("prepare-slope-not-a-number", &prepare(&root, &out))
+            .mentions("RescaleSlope \"abc\"")
+            .mentions("train_metadata.csv")
+            .writes_nothing_at(d.join("slope-abc-out/volumes/train_1_a_1.npy")),
+    );
+    let r = d.join("intercept-empty");
+    phantom(&r);
+    edit_metadata(&r, "RescaleIntercept", "");
+    let (root, out) = (s(&r), s(&d.join("intercept-empty-out")));
+    cases.push(
+        Case::new("prepare-intercept-empty", &prepare(&root, &out))
+            .mentions("RescaleIntercept \"\"")
+            .writes_nothing_at(d.join("intercept-empty-out/volumes/train_1_a_1.npy")),
+    );
+    // No metadata row for any volume (the header only).
+    let r = d.join("no-meta-row");
+    phantom(&r);
+    let mp = r.join("dataset/metadata/train_metadata.csv");
+    let header = std::fs::read_to_string(&mp).unwrap().lines().next().unwrap().to_string();
+    std::fs::write(&mp, header + "\n").unwrap();
+    let (root, out) = (s(&r), s(&d.join("no-meta-row-out")));
+    cases.push(
+        Case::new("prepare-no-metadata-row", &prepare(&root, &out))
+            .mentions("no row in the metadata CSV")
+            .writes_nothing_at(d.join("no-meta-row-out/volumes/train_1_a_1.npy")),
+    );
+    cases
 }
 
 #[test]

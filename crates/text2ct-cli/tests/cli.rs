@@ -148,11 +148,22 @@ fn model_cards() {
     assert!(out.contains("still to download") && out.contains("unet_rflow_200ep.pt"), "{out}");
     fails(&["model", "init-release", s(&d)], "--force");
     fails(&["model", "show", s(&d)], "missing");
-    for f in ["autoencoder_epoch273.pt", "unet_rflow_200ep.pt", "CLIP3D_Finding_Impression_30ep.pt"] {
+    // Files that are there but are not weights: each is named, none is accepted.
+    let files = ["autoencoder_epoch273.pt", "unet_rflow_200ep.pt", "CLIP3D_Finding_Impression_30ep.pt"];
+    for f in files {
         std::fs::write(d.join(f), b"x").unwrap();
     }
-    let card = ok(&["model", "show", s(&d)]);
-    assert!(card.contains("\"fallback_scale_factor\": 1.0287"), "{card}");
+    for f in files {
+        fails(&["model", "show", s(&d)], &d.join(f).display().to_string());
+    }
+    fails(&["model", "show", s(&d)], "3 of its 3 networks");
+    // The released layout at toy size loads, and show prints the card and what it checked.
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../text2ct-generate/fixtures/release_tiny");
+    let o = run(&["model", "show", s(&tiny)]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("\"fallback_scale_factor\": 1.0287"), "{out}");
+    assert!(err.contains("U-Net weights: unet_rflow_200ep.pt (sha256 "), "{err}");
     fails(&["model", "show", s(&d.join("none"))], "model.json");
 }
 

@@ -6,7 +6,7 @@
 //! [`ModelCard::text2ct_release`] next to `autoencoder_epoch273.pt`, `unet_rflow_200ep.pt` and
 //! `CLIP3D_Finding_Impression_30ep.pt` (`text2ct model init-release DIR` does it).
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -318,11 +318,42 @@ impl ModelCard {
             return bad(format!("decode overlap {} must be in [0, 1)", self.decode.overlap));
         }
         for (what, f) in self.files() {
-            if !dir.join(&f).is_file() {
-                return bad(format!("{what} file {f:?} is missing from {}", dir.display()));
-            }
+            Self::resolve(dir, what, &f)?;
         }
         Ok(())
+    }
+
+    /// The path of a file the card names (`what` says its role in messages). It must lie inside
+    /// the card's folder: a relative path without `..`, naming an existing file that, with every
+    /// symbolic link followed, is still inside the folder. Anything else is refused, so a card
+    /// can never make a command open a file elsewhere (`../../etc/passwd`, `/dev/zero`, a link out).
+    pub fn resolve(dir: &Path, what: &str, f: &str) -> Result<PathBuf> {
+        let card = dir.join(Self::FILE);
+        let bad = |m: String| Err(GenerateError::Card(format!("{}: {what} file {f:?} {m}", card.display())));
+        let rel = Path::new(f);
+        if f.is_empty() || rel.components().all(|c| c == Component::CurDir) {
+            return bad("is not a file name".into());
+        }
+        if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+            return bad(format!(
+                "is outside the model folder {}: files must be named relative to it, without `..` or an absolute path",
+                dir.display()
+            ));
+        }
+        let full = dir.join(rel);
+        if !full.is_file() {
+            return bad(format!("is missing from {}", dir.display()));
+        }
+        let root = dir.canonicalize().map_err(|e| GenerateError::Card(format!("{}: {e}", dir.display())))?;
+        let real = full.canonicalize().map_err(|e| GenerateError::Card(format!("{}: {e}", full.display())))?;
+        if !real.starts_with(&root) {
+            return bad(format!(
+                "is a link to {}, outside the model folder {}: copy the file into the folder",
+                real.display(),
+                root.display()
+            ));
+        }
+        Ok(full)
     }
 
     /// Every file the card refers to, with its role.
@@ -352,7 +383,7 @@ impl ModelCard {
         match c {
             ConfigRef::Inline(v) => Ok(v.clone()),
             ConfigRef::File(f) => {
-                let p = dir.join(f);
+                let p = Self::resolve(dir, "config", f)?;
                 let t =
                     std::fs::read_to_string(&p).map_err(|e| GenerateError::Card(format!("{}: {e}", p.display())))?;
                 serde_json::from_str(&t).map_err(|e| GenerateError::Card(format!("{}: not JSON: {e}", p.display())))
@@ -404,6 +435,55 @@ mod tests {
         assert!(ModelCard::load(&d).unwrap_err().to_string().contains("extra"));
         let e = ModelCard::load(&d.join("nowhere")).unwrap_err().to_string();
         assert!(e.contains("init-release"), "{e}");
+    }
+
+    /// A card may name only files inside its folder: no `..`, no absolute path, no link out.
+    #[test]
+    fn card_files_must_lie_inside_the_folder() {
+        let base = std::env::temp_dir().join(format!("text2ct-card-inside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let d = base.join("model");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        let card = ModelCard::text2ct_release();
+        for (_, f) in card.files() {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        std::fs::write(base.join("outside.pt"), b"x").unwrap();
+        card.validate(&d).unwrap();
+        let refused = |c: &ModelCard, needles: &[&str]| {
+            let e = c.validate(&d).unwrap_err().to_string();
+            for n in needles {
+                assert!(e.contains(n), "{n:?} not in {e}");
+            }
+        };
+        let mut c = card.clone();
+        c.vae.weights = "../outside.pt".into();
+        refused(&c, &["VAE weights file \"../outside.pt\" is outside the model folder", "model.json"]);
+        c.vae.weights = "sub/../../outside.pt".into();
+        refused(&c, &["outside the model folder"]);
+        c.vae.weights = base.join("outside.pt").to_string_lossy().into_owned();
+        refused(&c, &["outside the model folder"]);
+        c.vae.weights = String::new();
+        refused(&c, &["is not a file name"]);
+        let mut c = card.clone();
+        c.unet.config = ConfigRef::File("../outside.pt".into());
+        refused(&c, &["U-Net config file \"../outside.pt\" is outside"]);
+        assert!(ModelCard::config_json(&d, &ConfigRef::File("../outside.pt".into())).is_err());
+        #[cfg(unix)]
+        {
+            // A link out is refused; a link to a file inside the folder is fine.
+            std::os::unix::fs::symlink(base.join("outside.pt"), d.join("link.pt")).unwrap();
+            std::fs::write(d.join("sub/real.pt"), b"x").unwrap();
+            std::os::unix::fs::symlink(d.join("sub/real.pt"), d.join("inner.pt")).unwrap();
+            let mut c = card.clone();
+            c.text_encoder.weights = "link.pt".into();
+            refused(&c, &["text encoder weights file \"link.pt\" is a link to", "outside the model folder"]);
+            c.text_encoder.weights = "inner.pt".into();
+            c.validate(&d).unwrap();
+            c.text_encoder.weights = "./sub/real.pt".into();
+            c.validate(&d).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

@@ -106,23 +106,45 @@ fn model_err(e: impl std::fmt::Display) -> GenerateError {
 }
 
 impl Pipeline {
-    /// Load the three networks named by `dir/model.json`, strictly.
+    /// Load the three networks named by `dir/model.json`, strictly: every weights file is read in
+    /// full and matched against its network's config (one error lists every file that does not
+    /// load, with its missing, unexpected and mis-shaped keys).
     pub fn load(dir: &Path, device: &Device) -> Result<Pipeline> {
         let card = ModelCard::load(dir)?;
         let cfg = |c| -> Result<String> { Ok(ModelCard::config_json(dir, c)?.to_string()) };
-        let vae_cfg = VaeConfig::from_json_str(&cfg(&card.vae.config)?).map_err(model_err)?;
-        let unet_cfg = UnetConfig::from_json_str(&cfg(&card.unet.config)?).map_err(model_err)?;
-        let text_cfg = cfg(&card.text_encoder.config)?;
-        let vae = Vae::load(&vae_cfg, &dir.join(&card.vae.weights), device).map_err(model_err)?;
-        let ck = Unet::load_checkpoint(&unet_cfg, &dir.join(&card.unet.weights), device).map_err(model_err)?;
-        let tok_file = card.tokenizer.file.as_ref().map(|f| dir.join(f));
-        let text = TextEncoder::load(
-            card.text_encoder.kind,
-            &text_cfg,
-            &dir.join(&card.text_encoder.weights),
-            tok_file.as_deref(),
-            device,
-        )?;
+        let vae = (|| {
+            let c =
+                VaeConfig::from_json_str(&cfg(&card.vae.config)?).map_err(|e| model_err(format!("VAE config: {e}")))?;
+            Vae::load(&c, &ModelCard::resolve(dir, "VAE weights", &card.vae.weights)?, device).map_err(model_err)
+        })();
+        let unet = (|| {
+            let c = UnetConfig::from_json_str(&cfg(&card.unet.config)?)
+                .map_err(|e| model_err(format!("U-Net config: {e}")))?;
+            let ck = Unet::load_checkpoint(&c, &ModelCard::resolve(dir, "U-Net weights", &card.unet.weights)?, device)
+                .map_err(model_err)?;
+            Ok::<_, GenerateError>((c, ck))
+        })();
+        let text = (|| {
+            let tok_file = match &card.tokenizer.file {
+                Some(f) => Some(ModelCard::resolve(dir, "tokenizer", f)?),
+                None => None,
+            };
+            let w = ModelCard::resolve(dir, "text encoder weights", &card.text_encoder.weights)?;
+            TextEncoder::load(card.text_encoder.kind, &cfg(&card.text_encoder.config)?, &w, tok_file.as_deref(), device)
+        })();
+        let (vae, (unet_cfg, ck), text) = match (vae, unet, text) {
+            (Ok(v), Ok(u), Ok(t)) => (v, u, t),
+            (v, u, t) => {
+                let errs: Vec<String> =
+                    [v.err(), u.err(), t.err()].into_iter().flatten().map(|e| format!("- {e}")).collect();
+                return Err(GenerateError::Card(format!(
+                    "{}: the model does not load ({} of its 3 networks):\n{}",
+                    dir.join(ModelCard::FILE).display(),
+                    errs.len(),
+                    errs.join("\n")
+                )));
+            }
+        };
         if card.tokenizer.max_length > text.max_positions() {
             return Err(GenerateError::Card(format!(
                 "{}: tokenizer max_length {} exceeds the text encoder's {} positions",
@@ -145,8 +167,8 @@ impl Pipeline {
             )));
         }
         let mut weights_sha256 = Vec::new();
-        for (_, f) in card.files() {
-            weights_sha256.push((f.clone(), sha256_file(&dir.join(&f))?));
+        for (what, f) in card.files() {
+            weights_sha256.push((f.clone(), sha256_file(&ModelCard::resolve(dir, what, &f)?)?));
         }
         let card_json = serde_json::to_vec(&card).map_err(model_err)?;
         let mut all = card_json.clone();

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use text2ct_generate::pipeline::Pipeline;
 use text2ct_generate::ModelCard;
+use text2ct_models::burn::tensor::Device;
 
 #[derive(clap::Subcommand)]
 pub enum ModelCommand {
@@ -17,7 +19,9 @@ pub enum ModelCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Check a model folder and print its card.
+    /// Check a model folder and print its card. Every file the card names must lie inside the
+    /// folder; every weights file is read in full and checked against its network's config
+    /// (missing, unexpected and mis-shaped tensors are listed); any mismatch exits 1.
     Show {
         /// A folder with a model.json card.
         dir: PathBuf,
@@ -48,8 +52,14 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             Ok(())
         }
         ModelCommand::Show { dir } => {
-            let card = ModelCard::load(&dir)?;
-            println!("{}", serde_json::to_string_pretty(&card)?);
+            let p = Pipeline::load(&dir, &Device::flex())?;
+            println!("{}", serde_json::to_string_pretty(&p.card)?);
+            eprintln!("checked {}: every file is inside the folder and every network loads strictly:", dir.display());
+            for (what, f) in p.card.files() {
+                let hash = p.weights_sha256.iter().find(|(g, _)| *g == f).map_or("", |(_, h)| h.as_str());
+                eprintln!("  {what}: {f} (sha256 {hash})");
+            }
+            eprintln!("  scale factor {} ({})", p.scale_factor, p.scale_factor_source);
             Ok(())
         }
     }

@@ -10,9 +10,10 @@
 //! In both versions the DDIM step uses `prev_t = t - T / n` (integer division), which matches the next listed
 //! timestep only for `Leading`.
 
+use burn::prelude::Tensor;
 use serde::Serialize;
 
-use crate::error::{check_finite, check_len, DiffusionError, Result};
+use crate::error::{check_dims, check_finite, check_len, DiffusionError, Result};
 
 /// Beta schedule (MONAI `NoiseSchedules` names `linear_beta` and `scaled_linear_beta`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -201,6 +202,43 @@ fn pred_x0_eps(pred: PredictionType, model_output: f32, sample: f32, a_t: f32, b
     }
 }
 
+/// [`pred_x0_eps`]'s x0 on tensors (the same float32 operations, per-step scalars computed on the host).
+fn pred_x0_tensor<const D: usize>(
+    pred: PredictionType,
+    model_output: Tensor<D>,
+    sample: Tensor<D>,
+    a_t: f32,
+    b_t: f32,
+) -> Tensor<D> {
+    match pred {
+        PredictionType::Epsilon => (sample - model_output.mul_scalar(b_t.sqrt())).div_scalar(a_t.sqrt()),
+        PredictionType::Sample => model_output,
+        PredictionType::VPrediction => sample.mul_scalar(a_t.sqrt()) - model_output.mul_scalar(b_t.sqrt()),
+    }
+}
+
+/// [`pred_x0_eps`]'s ε on tensors.
+fn pred_eps_tensor<const D: usize>(
+    pred: PredictionType,
+    model_output: Tensor<D>,
+    sample: Tensor<D>,
+    a_t: f32,
+    b_t: f32,
+) -> Tensor<D> {
+    match pred {
+        PredictionType::Epsilon => model_output,
+        PredictionType::Sample => (sample - model_output.mul_scalar(a_t.sqrt())).div_scalar(b_t.sqrt()),
+        PredictionType::VPrediction => model_output.mul_scalar(a_t.sqrt()) + sample.mul_scalar(b_t.sqrt()),
+    }
+}
+
+fn clip_tensor<const D: usize>(x0: Tensor<D>, clip: Option<(f32, f32)>) -> Tensor<D> {
+    match clip {
+        Some((lo, hi)) => x0.clamp(lo, hi),
+        None => x0,
+    }
+}
+
 /// Output of one reverse step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutput {
@@ -290,6 +328,41 @@ impl DdpmScheduler {
             x0s.push(x0);
         }
         Ok(StepOutput { prev_sample: prev, pred_original_sample: x0s })
+    }
+
+    /// [`Self::step`] on tensors, on their device: the same elementwise float32 arithmetic with the per-step
+    /// coefficients computed on the host, so nothing but `noise` (drawn by the caller) crosses to the device.
+    /// Returns `x_{t-1}`. Shapes are checked; values are not (that would need a read-back every step).
+    pub fn step_tensor<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        t: usize,
+        sample: Tensor<D>,
+        noise: Option<Tensor<D>>,
+    ) -> Result<Tensor<D>> {
+        self.schedule.check_t(t)?;
+        check_dims("step model_output", &sample.dims(), &model_output.dims())?;
+        let noise = if t > 0 {
+            let n = noise.ok_or_else(|| DiffusionError::InvalidConfig("DDPM step at t > 0 needs noise".into()))?;
+            check_dims("step noise", &sample.dims(), &n.dims())?;
+            Some(n)
+        } else {
+            None
+        };
+        let s = &self.schedule;
+        let ap = s.alphas_cumprod[t];
+        let ap_prev = if t > 0 { s.alphas_cumprod[t - 1] } else { 1.0 };
+        let bp = 1.0 - ap;
+        let bp_prev = 1.0 - ap_prev;
+        let c0 = (ap_prev.sqrt() * s.betas[t]) / bp;
+        let ct = s.alphas[t].sqrt() * bp_prev / bp;
+        let x0 = pred_x0_tensor(self.prediction_type, model_output, sample.clone(), ap, bp);
+        let x0 = clip_tensor(x0, self.clip_sample);
+        let prev = x0.mul_scalar(c0) + sample.mul_scalar(ct);
+        Ok(match noise {
+            Some(n) => prev + n.mul_scalar(self.variance(t)?.sqrt()),
+            None => prev,
+        })
     }
 }
 
@@ -391,5 +464,53 @@ impl DdimScheduler {
             x0s.push(x0);
         }
         Ok(StepOutput { prev_sample: prev, pred_original_sample: x0s })
+    }
+
+    /// [`Self::step`] on tensors, on their device (the same float32 arithmetic, per-step coefficients computed on
+    /// the host; `noise`, needed for `eta > 0`, is drawn by the caller). Returns `x_{prev_t}`. Shapes are checked;
+    /// values are not.
+    pub fn step_tensor<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        t: usize,
+        prev_t: i64,
+        sample: Tensor<D>,
+        eta: f32,
+        noise: Option<Tensor<D>>,
+    ) -> Result<Tensor<D>> {
+        let s = &self.schedule;
+        s.check_t(t)?;
+        if prev_t >= s.num_train_timesteps() as i64 {
+            return Err(DiffusionError::TimestepOutOfRange {
+                t: prev_t as f64,
+                max: (s.num_train_timesteps() - 1) as f64,
+            });
+        }
+        if !eta.is_finite() || eta < 0.0 {
+            return Err(DiffusionError::InvalidConfig(format!("eta must be finite and >= 0 (got {eta})")));
+        }
+        check_dims("step model_output", &sample.dims(), &model_output.dims())?;
+        let noise = if eta > 0.0 {
+            let n = noise.ok_or_else(|| DiffusionError::InvalidConfig("DDIM step with eta > 0 needs noise".into()))?;
+            check_dims("step noise", &sample.dims(), &n.dims())?;
+            Some(n)
+        } else {
+            None
+        };
+        let ap = s.alphas_cumprod[t];
+        let final_ap = if self.set_alpha_to_one { 1.0 } else { s.alphas_cumprod[0] };
+        let ap_prev = if prev_t >= 0 { s.alphas_cumprod[prev_t as usize] } else { final_ap };
+        let bp = 1.0 - ap;
+        let variance = ((1.0 - ap_prev) / bp) * (1.0 - ap / ap_prev);
+        let std = eta * variance.sqrt();
+        let dir_coef = (1.0 - ap_prev - std * std).sqrt();
+        let e = pred_eps_tensor(self.prediction_type, model_output.clone(), sample.clone(), ap, bp);
+        let x0 = pred_x0_tensor(self.prediction_type, model_output, sample, ap, bp);
+        let x0 = clip_tensor(x0, self.clip_sample);
+        let prev = x0.mul_scalar(ap_prev.sqrt()) + e.mul_scalar(dir_coef);
+        Ok(match noise {
+            Some(n) => prev + n.mul_scalar(variance.sqrt() * eta),
+            None => prev,
+        })
     }
 }

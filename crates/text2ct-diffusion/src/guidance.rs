@@ -1,6 +1,8 @@
 //! Classifier-free guidance.
 
-use crate::error::{check_finite, check_len, DiffusionError, Result};
+use burn::prelude::Tensor;
+
+use crate::error::{check_dims, check_finite, check_len, DiffusionError, Result};
 
 /// `v = v_u + w·(v_c - v_u)` element-wise (float32, same operation order as Text2CT's inference script).
 /// `w = 1` returns `v_c`, `w = 0` returns `v_u`; Text2CT uses `w = 5`.
@@ -12,6 +14,21 @@ pub fn cfg_combine(v_uncond: &[f32], v_cond: &[f32], guidance_scale: f32) -> Res
     check_finite("cfg unconditional output", v_uncond)?;
     check_finite("cfg conditional output", v_cond)?;
     Ok(v_uncond.iter().zip(v_cond).map(|(&u, &c)| u + guidance_scale * (c - u)).collect())
+}
+
+/// [`cfg_combine`] on tensors, on their device: the same float32 operations in the same order
+/// (`v_u + w·(v_c − v_u)`), so the two agree bit for bit. The values are not checked for NaN here (that
+/// would read them back to the host every step); the caller checks its final result.
+pub fn cfg_combine_tensor<const D: usize>(
+    v_uncond: Tensor<D>,
+    v_cond: Tensor<D>,
+    guidance_scale: f32,
+) -> Result<Tensor<D>> {
+    check_dims("cfg conditional output", &v_uncond.dims(), &v_cond.dims())?;
+    if !guidance_scale.is_finite() {
+        return Err(DiffusionError::NonFinite { what: "guidance scale" });
+    }
+    Ok(v_uncond.clone() + (v_cond - v_uncond).mul_scalar(guidance_scale))
 }
 
 #[cfg(test)]

@@ -1,36 +1,11 @@
 //! Serializable summary of a sampling schedule (backs `text2ct schedule --sampler ... --steps N --latent C,X,Y,Z`).
 
-use std::str::FromStr;
-
 use serde::Serialize;
 
-use crate::ddpm::{BetaSchedule, DdimScheduler, DdpmScheduler};
 use crate::error::{DiffusionError, Result};
-use crate::rflow::{RFlowMode, RFlowScheduler};
-
-/// Sampler choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Sampler {
-    /// Rectified flow (Text2CT's scheduler).
-    Rflow,
-    /// DDPM ancestral sampling (MAISI scaled-linear betas).
-    Ddpm,
-    /// DDIM, eta = 0 (MAISI scaled-linear betas).
-    Ddim,
-}
-
-impl FromStr for Sampler {
-    type Err = DiffusionError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "rflow" | "rectified_flow" | "rectified-flow" => Ok(Sampler::Rflow),
-            "ddpm" => Ok(Sampler::Ddpm),
-            "ddim" => Ok(Sampler::Ddim),
-            other => Err(DiffusionError::InvalidConfig(format!("unknown sampler {other:?} (rflow|ddpm|ddim)"))),
-        }
-    }
-}
+use crate::rflow::RFlowMode;
+pub use crate::sampling::Sampler;
+use crate::sampling::Scheduler;
 
 /// Timesteps and step sizes of a schedule.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -68,12 +43,9 @@ pub fn schedule_report(sampler: Sampler, steps: usize, latent_dims: &[usize], ex
         )));
     }
     let numel: u64 = latent_dims[1..].iter().map(|&d| d as u64).product();
-    let (timesteps, next, sizes, t_train, notes) = match sampler {
-        Sampler::Rflow => {
-            let sch = RFlowScheduler::text2ct();
-            let mode = RFlowMode::from_exact(exact);
-            let s = sch.set_timesteps(steps, numel, mode)?;
-            let notes = match mode {
+    let (timesteps, next, sizes, t_train, notes) = match Scheduler::text2ct(sampler, steps, numel, exact)? {
+        Scheduler::Rflow { scheduler, schedule: s } => {
+            let notes = match s.mode {
                 RFlowMode::Released => "rectified flow as released (MONAI 1.5 RFlowScheduler): shifted timesteps \
                                         cast to float16, dt = (t - int(next_t))/1000"
                     .to_string(),
@@ -81,29 +53,27 @@ pub fn schedule_report(sampler: Sampler, steps: usize, latent_dims: &[usize], ex
                     "rectified flow, clean variant: float64 shifted timesteps, dt = (t - next_t)/1000".to_string()
                 }
             };
-            (s.timesteps, s.next_timesteps, s.dts, sch.num_train_timesteps, notes)
+            (s.timesteps, s.next_timesteps, s.dts, scheduler.num_train_timesteps, notes)
         }
-        Sampler::Ddpm => {
-            let sch = DdpmScheduler::new(BetaSchedule::maisi_scaled_linear(), 1000)?;
-            let ts = sch.timesteps(steps)?;
+        Scheduler::Ddpm { scheduler, timesteps: ts } => {
+            let t_train = scheduler.schedule.num_train_timesteps();
             let next: Vec<f64> = ts.iter().map(|&t| t as f64 - 1.0).collect();
-            let sizes = vec![1.0 / 1000.0; ts.len()];
+            let sizes = vec![1.0 / t_train as f64; ts.len()];
             let notes =
                 "DDPM (MONAI 1.5 leading spacing); each step is the t -> t-1 posterior as in MONAI's step".to_string();
-            (ts.iter().map(|&t| t as f64).collect(), next, sizes, 1000, notes)
+            (ts.iter().map(|&t| t as f64).collect(), next, sizes, t_train, notes)
         }
-        Sampler::Ddim => {
-            let sch = DdimScheduler::new(BetaSchedule::maisi_scaled_linear(), 1000)?;
-            let ts = sch.timesteps(steps)?;
+        Scheduler::Ddim { scheduler, timesteps: ts, steps, .. } => {
+            let t_train = scheduler.schedule.num_train_timesteps();
             let mut next = Vec::with_capacity(ts.len());
             for &t in &ts {
-                next.push(sch.prev_timestep(t, steps)? as f64);
+                next.push(scheduler.prev_timestep(t, steps)? as f64);
             }
-            let sizes = ts.iter().zip(&next).map(|(&t, &n)| (t as f64 - n) / 1000.0).collect();
+            let sizes = ts.iter().zip(&next).map(|(&t, &n)| (t as f64 - n) / t_train as f64).collect();
             let notes = "DDIM eta=0, leading spacing (MONAI 1.5 / diffusers 'leading'), steps_offset 0, \
                          set_alpha_to_one; prev_t = t - T/n"
                 .to_string();
-            (ts.iter().map(|&t| t as f64).collect(), next, sizes, 1000, notes)
+            (ts.iter().map(|&t| t as f64).collect(), next, sizes, t_train, notes)
         }
     };
     let total = sizes.iter().sum();

@@ -6,9 +6,10 @@
 //! `x_t = (1 - t/T)·x0 + (t/T)·ε`, the network predicts `v = x0 - ε`, sampling integrates `x ← x + v·dt` from
 //! `t = T` down to 0 with `dt = (t - t_next)/T > 0`.
 
+use burn::prelude::Tensor;
 use serde::Serialize;
 
-use crate::error::{check_finite, check_len, DiffusionError, Result};
+use crate::error::{check_dims, check_finite, check_len, DiffusionError, Result};
 use crate::f16::round_to_f16;
 
 /// Which flavour of the inference schedule to build.
@@ -207,6 +208,16 @@ impl RFlowScheduler {
             *xi += vi * dt;
         }
         Ok(())
+    }
+
+    /// [`Self::step`] on tensors, on their device: `x + v·dt` with `dt` cast to float32 as the slice form does (the
+    /// same numbers bit for bit). Returns the new sample.
+    pub fn step_tensor<const D: usize>(&self, x: Tensor<D>, v: Tensor<D>, dt: f64) -> Result<Tensor<D>> {
+        check_dims("step velocity", &x.dims(), &v.dims())?;
+        if !dt.is_finite() {
+            return Err(DiffusionError::NonFinite { what: "step dt" });
+        }
+        Ok(x + v.mul_scalar(dt as f32))
     }
 
     /// Runs the whole sampler: for each `(t, dt)` of `schedule`, `v = model(x, t)` then `x ← x + v·dt`.

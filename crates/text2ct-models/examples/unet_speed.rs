@@ -1,12 +1,16 @@
 //! Time one forward pass of the full-width Text2CT U-Net (217.7M parameters, seeded random
 //! weights) on the CPU (`flex`) backend, with a breakdown of where the time goes.
 //!
-//! `cargo run --release -p text2ct-models --example unet_speed -- [X,Y,Z] [repeats] [bandwidth]`
+//! `cargo run --release -p text2ct-models --example unet_speed -- [X,Y,Z] [repeats] [bandwidth | bf16 | compare]`
 //! (default latent 16,16,8, i.e. input [1, 4, 16, 16, 8]; context [1, 1, 768], class label 1,
 //! spacing [75, 75, 300], t = 500). Compare with `fixtures/time_monai_unet.py` on the same input and
 //! thread count. Peak memory: run it under `/usr/bin/time -v` (without `bandwidth`, which
 //! allocates 1 GiB to measure the machine's read bandwidth and prints the weight-streaming floor:
 //! every weight is read once per batch-1 forward, whatever the kernels).
+//!
+//! `bf16`: the forwards and the breakdown with bf16 convolutions (`Unet::set_precision`).
+//! `compare`: `repeats` forwards in f32, then `repeats` in bf16 on the same input, in the same run,
+//! and the relative L2 difference of their outputs; no breakdown.
 //!
 //! The breakdown re-runs the network block by block (same arithmetic as `forward_cond`) and
 //! times each ResBlock (3D convolutions + GroupNorm) and each SpatialTransformer, and inside the
@@ -18,7 +22,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use text2ct_models::attention::SpatialTransformer;
 use text2ct_models::unet::UnetResBlock;
-use text2ct_models::{Unet, UnetCond, UnetConfig};
+use text2ct_models::{Precision, Unet, UnetCond, UnetConfig};
 
 fn sync<const D: usize>(t: &Tensor<D>) {
     let _ = t.clone().into_data();
@@ -87,11 +91,19 @@ fn main() {
         None => [16, 16, 8],
     };
     let repeats: usize = args.next().map(|r| r.parse().expect("repeats")).unwrap_or(2);
-    let bandwidth = args.next().is_some_and(|a| a == "bandwidth");
+    let mode = args.next().unwrap_or_default();
+    assert!(
+        ["", "bandwidth", "bf16", "compare"].contains(&mode.as_str()),
+        "the third argument is bandwidth, bf16 or compare, not {mode:?}"
+    );
+    let bandwidth = mode == "bandwidth";
     let dev = Device::flex();
     let cfg = UnetConfig::text2ct();
     let t0 = Instant::now();
-    let unet = Unet::new(&cfg, 0, &dev).expect("init");
+    let mut unet = Unet::new(&cfg, 0, &dev).expect("init");
+    if mode == "bf16" {
+        unet.set_precision(Precision::Bf16.on_this_cpu());
+    }
     println!(
         "threads: {}; init {:.2} s; params {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -111,15 +123,39 @@ fn main() {
         ..Default::default()
     };
     let t = Tensor::<1>::from_data(TensorData::new(vec![500.0f32], [1]), &dev);
-    for i in 0..repeats {
-        let s = Instant::now();
-        let out = unet.forward_cond(lat.clone(), t.clone(), &cond).expect("forward");
-        sync(&out);
-        println!("forward {i}: {:.3} s -> {:?}", s.elapsed().as_secs_f64(), out.dims());
+    let mut outputs = Vec::new();
+    let precisions = if mode == "compare" { vec![Precision::F32, Precision::Bf16] } else { vec![unet.precision()] };
+    for p in precisions {
+        unet.set_precision(p.on_this_cpu());
+        let mut out = None;
+        for i in 0..repeats {
+            let s = Instant::now();
+            let o = unet.forward_cond(lat.clone(), t.clone(), &cond).expect("forward");
+            sync(&o);
+            println!("forward {i} ({}): {:.3} s -> {:?}", unet.precision(), s.elapsed().as_secs_f64(), o.dims());
+            out = Some(o);
+        }
+        let (n, bytes) = unet.net.kernels.cached();
+        println!("  packed weights held: {n}, {:.0} MB", bytes as f64 / 1e6);
+        unet.net.kernels.clear_cache();
+        outputs.extend(out);
+    }
+    if mode == "compare" {
+        if let [a, b] = &outputs[..] {
+            let a = a.clone().into_data().try_into_vec::<f32>().expect("f32");
+            let b = b.clone().into_data().try_into_vec::<f32>().expect("f32");
+            let (num, den) = a
+                .iter()
+                .zip(&b)
+                .fold((0f64, 0f64), |(n, d), (x, y)| (n + f64::from(x - y).powi(2), d + f64::from(*x).powi(2)));
+            println!("bf16 vs f32 output: relative L2 {:.3e}", (num / den).sqrt());
+        }
+        return;
     }
 
     // Breakdown.
     let net = &unet.net;
+    let _kernels = net.kernels.enter();
     let mut tm = Times::default();
     let s_all = Instant::now();
     let emb = silu(net.embedding(t, &cond));

@@ -13,11 +13,14 @@
 //!   vector quantisation, the CLIP3D wrapper with strict checkpoint loading and the InfoNCE loss).
 //! - [`minilm`]: a BERT sentence encoder (all-MiniLM-L6-v2: `BertModel` + mean pooling + L2 normalise),
 //!   the text encoder never aligned with CT of the CLIP ablation.
+//! - [`precision`]: f32 or bf16 convolution kernels per model ([`Precision`]) and their
+//!   packed-weight cache; the kernels themselves in [`directconv`] and [`bf16conv`].
 //! - [`device`]: choosing the compute device by name (`cpu`, `wgpu[:N]` in GPU builds).
 //! - [`unet`]: MONAI's `DiffusionModelUNetMaisi` (Text2CT's latent diffusion U-Net), with the
 //!   attention / transformer pieces in [`attention`].
 
 pub mod attention;
+pub mod bf16conv;
 pub mod blocks;
 pub mod clip3d;
 pub mod clip_text;
@@ -29,6 +32,7 @@ pub mod error;
 pub mod fusednorm;
 pub mod interp;
 pub mod minilm;
+pub mod precision;
 pub mod resnet2d;
 pub mod resnet3d;
 pub mod sliding;
@@ -43,6 +47,7 @@ pub use clip_text::{ClipTextConfig, ClipTextEncoder};
 pub use ctvit::{CtVit, CtVitConfig};
 pub use error::{ModelError, Result};
 pub use minilm::{MiniLm, MiniLmConfig};
+pub use precision::Precision;
 /// `.npy` arrays come from the I/O crate (one implementation for the whole project).
 pub use text2ct_io::npy::NpyArray;
 pub use unet::{Unet, UnetCheckpoint, UnetCond, UnetConfig, UnetNet};

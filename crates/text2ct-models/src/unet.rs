@@ -37,6 +37,7 @@ use crate::blocks::{conv3d, conv3d_forward, group_norm, param, InitSource, Param
 use crate::error::{ModelError, Result};
 use crate::fusednorm::group_norm_silu;
 use crate::interp::repeat_nearest;
+use crate::precision::{ConvKernels, Precision};
 use crate::weights::StateDict;
 
 /// A key every `DiffusionModelUNetMaisi` state dict has, used to find a nesting prefix such as
@@ -529,6 +530,10 @@ pub struct UnetNet {
     pub out_norm: GroupNorm,
     /// `out.2.conv`: the final 3x3x3 convolution.
     pub out_conv: Conv3d,
+    /// The precision of the 3x3x3 convolution kernels and their packed weights (not a
+    /// parameter; entered for each forward pass, see `crate::precision`).
+    #[module(skip)]
+    pub kernels: ConvKernels,
 }
 
 /// Optional conditioning inputs of [`UnetNet::forward_cond`].
@@ -714,6 +719,7 @@ impl UnetNet {
             up_blocks,
             out_norm,
             out_conv,
+            kernels: ConvKernels::default(),
         })
     }
 
@@ -851,6 +857,7 @@ impl UnetNet {
 
     /// The forward pass without input checks (panics on inconsistent shapes).
     pub fn forward_unchecked(&self, x: Tensor<5>, t: Tensor<1>, cond: &UnetCond) -> Tensor<5> {
+        let _kernels = self.kernels.enter();
         let emb = silu(self.embedding(t, cond));
         let ctx = cond.context.as_ref();
         let mut h = conv3d_forward(&self.conv_in, x);
@@ -1020,6 +1027,16 @@ impl Unet {
 
     pub fn device(&self) -> Device {
         self.net.conv_in.weight.val().device()
+    }
+
+    /// The arithmetic of the 3x3x3 convolutions (default f32; bf16 needs AVX512-BF16, see
+    /// [`Precision::on_this_cpu`]). GroupNorm, attention and the other layers stay f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.net.kernels.set_precision(precision);
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.net.kernels.precision()
     }
 
     /// See [`UnetNet::try_forward`].

@@ -34,6 +34,7 @@ use crate::blocks::{
     conv3d, conv3d_forward, group_norm, Downsample, InitSource, ParamSource, ResBlock, StateDictSource, Upsample,
 };
 use crate::error::{ModelError, Result};
+use crate::precision::{ConvKernels, Precision};
 use crate::weights::StateDict;
 
 /// A key every MAISI VAE state dict has, used to find a nesting prefix such as `module.`.
@@ -361,6 +362,10 @@ pub struct VaeNet {
     pub quant_conv_mu: Conv3d,
     pub quant_conv_log_sigma: Conv3d,
     pub post_quant_conv: Conv3d,
+    /// The precision of the 3x3x3 convolution kernels and their packed weights (not a
+    /// parameter; entered by `Vae`'s encode and decode, see `crate::precision`).
+    #[module(skip)]
+    pub kernels: ConvKernels,
 }
 
 impl VaeNet {
@@ -372,7 +377,14 @@ impl VaeNet {
         let quant_conv_mu = conv3d(src, "quant_conv_mu.conv", l, l, 1, 1, 0, dev);
         let quant_conv_log_sigma = conv3d(src, "quant_conv_log_sigma.conv", l, l, 1, 1, 0, dev);
         let post_quant_conv = conv3d(src, "post_quant_conv.conv", l, l, 1, 1, 0, dev);
-        VaeNet { encoder, decoder, quant_conv_mu, quant_conv_log_sigma, post_quant_conv }
+        VaeNet {
+            encoder,
+            decoder,
+            quant_conv_mu,
+            quant_conv_log_sigma,
+            post_quant_conv,
+            kernels: ConvKernels::default(),
+        }
     }
 }
 
@@ -537,6 +549,16 @@ impl Vae {
         self.net.post_quant_conv.weight.val().device()
     }
 
+    /// The arithmetic of the 3x3x3 convolutions of encode and decode (default f32; bf16 needs
+    /// AVX512-BF16, see [`Precision::on_this_cpu`]). GroupNorm and the other layers stay f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.net.kernels.set_precision(precision);
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.net.kernels.precision()
+    }
+
     /// Check an image batch `[B, in_channels, X, Y, Z]`: every extent at least the downsampling
     /// factor. (Extents not divisible by it are accepted as MONAI does: each downsample gives
     /// `floor(n / 2)`.)
@@ -570,6 +592,7 @@ impl Vae {
         if let Err(e) = self.check_image_shape(x.dims()) {
             panic!("{e}");
         }
+        let _kernels = self.net.kernels.enter();
         let h = self.net.encoder.forward(x);
         let mu = self.net.quant_conv_mu.forward(h.clone());
         let log_var = self.net.quant_conv_log_sigma.forward(h).clamp(-30.0, 20.0);
@@ -582,6 +605,7 @@ impl Vae {
         if let Err(e) = self.check_image_shape(x.dims()) {
             panic!("{e}");
         }
+        let _kernels = self.net.kernels.enter();
         let h = self.net.encoder.forward(x);
         self.net.quant_conv_mu.forward(h)
     }
@@ -605,6 +629,7 @@ impl Vae {
     /// Shapes are checked and reported as errors (no panic).
     pub fn forward_train(&self, x: Tensor<5>, eps: Tensor<5>) -> Result<(Tensor<5>, Tensor<5>, Tensor<5>)> {
         self.check_image_shape(x.dims())?;
+        let _kernels = self.net.kernels.enter();
         let h = self.net.encoder.forward(x);
         let mu = self.net.quant_conv_mu.forward(h.clone());
         let log_var = self.net.quant_conv_log_sigma.forward(h).clamp(-30.0, 20.0);
@@ -642,6 +667,7 @@ impl Vae {
         if let Err(e) = self.check_latent_shape(z.dims()) {
             panic!("{e}");
         }
+        let _kernels = self.net.kernels.enter();
         self.net.decoder.forward(self.net.post_quant_conv.forward(z))
     }
 

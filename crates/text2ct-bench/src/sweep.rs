@@ -21,7 +21,7 @@ use text2ct_eval::factual::{
 use text2ct_eval::fid::{BackboneInfo, PlaneFid, SetInfo, VolumeSet};
 use text2ct_generate::output::{self, Sidecar};
 use text2ct_generate::pipeline::Pipeline;
-use text2ct_generate::{jobs_from_csv, Job, Shard};
+use text2ct_generate::{jobs_from_csv, Job, Sampler, Shard};
 use text2ct_models::burn::tensor::Device;
 
 use crate::error::{input, json_bytes, write_atomic, BenchError, Result};
@@ -199,7 +199,7 @@ pub struct SweepReport {
     pub n_reports: usize,
     pub count_per_report: usize,
     pub seed: u64,
-    pub sampler: String,
+    pub sampler: Sampler,
     pub steps: usize,
     pub size: [usize; 3],
     pub real: SetInfo,
@@ -367,7 +367,7 @@ pub enum SweepEvent<'a> {
 }
 
 /// Check that an existing sidecar was written with this sweep's settings.
-fn check_sidecar(path: &Path, p: &Pipeline, steps: usize, sampler: &str, size: [usize; 3], w: f32) -> Result<()> {
+fn check_sidecar(path: &Path, p: &Pipeline, steps: usize, sampler: Sampler, size: [usize; 3], w: f32) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| text2ct_io::IoError::os(path, e))?;
     let sc: Sidecar = serde_json::from_slice(&bytes)
         .map_err(|e| BenchError::Input(format!("{}: not a generation sidecar: {e}", path.display())))?;
@@ -465,7 +465,7 @@ pub fn run_sweep(
         n_reports,
         count_per_report: cfg.count_per_report,
         seed: cfg.seed,
-        sampler: opts.sampler.clone(),
+        sampler: opts.sampler,
         steps: opts.steps,
         size: opts.size,
         real: SetInfo::of(&engine.real),
@@ -493,7 +493,7 @@ pub fn run_sweep(
             let (nii, _, json) = output::output_paths(&dir, job);
             let done = output::is_done(&dir, job) && nii.is_file();
             if done {
-                check_sidecar(&json, &p, o.steps, &o.sampler, o.size, w)?;
+                check_sidecar(&json, &p, o.steps, o.sampler, o.size, w)?;
                 skipped += 1;
             } else {
                 p.run_job(job, &o, &dir, None, &mut |s, n| progress(SweepEvent::Step { step: s, total: n }))

@@ -10,6 +10,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use text2ct_diffusion::Sampler;
+
 use crate::error::{GenerateError, Result};
 use crate::text_encoder::TextEncoderKind;
 
@@ -67,8 +69,8 @@ pub struct TokenizerRef {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplerRef {
-    /// `rflow`, `ddpm` or `ddim`.
-    pub kind: String,
+    /// `rflow`, `ddpm` or `ddim` (anything else is refused when the card is read).
+    pub kind: Sampler,
     pub steps: usize,
     /// Classifier-free guidance scale w: v = v_u + w (v_c - v_u).
     pub guidance: f32,
@@ -228,7 +230,7 @@ impl ModelCard {
             tokenizer: TokenizerRef { kind: "clip-bpe".into(), max_length: 512, file: None },
             scale_factor: None,
             fallback_scale_factor: 1.0287,
-            sampler: SamplerRef { kind: "rflow".into(), steps: 30, guidance: 5.0, exact: false },
+            sampler: SamplerRef { kind: Sampler::Rflow, steps: 30, guidance: 5.0, exact: false },
             output: OutputRef {
                 size: [512, 512, 128],
                 spacing: [0.75, 0.75, 3.0],
@@ -269,9 +271,6 @@ impl ModelCard {
         let bad = |m: String| Err(GenerateError::Card(format!("{}: {m}", dir.join(Self::FILE).display())));
         if self.format != Self::FORMAT {
             return bad(format!("format {:?}, expected {:?}", self.format, Self::FORMAT));
-        }
-        if !matches!(self.sampler.kind.as_str(), "rflow" | "ddpm" | "ddim") {
-            return bad(format!("sampler {:?} is not rflow, ddpm or ddim", self.sampler.kind));
         }
         if self.sampler.steps == 0 || !self.sampler.guidance.is_finite() {
             return bad("sampler steps must be > 0 and guidance finite".into());
@@ -428,7 +427,19 @@ mod tests {
         let mut j: serde_json::Value = serde_json::to_value(&card).unwrap();
         j["sampler"]["kind"] = "euler".into();
         std::fs::write(d.join("model.json"), j.to_string()).unwrap();
-        assert!(ModelCard::load(&d).unwrap_err().to_string().contains("euler"));
+        let e = ModelCard::load(&d).unwrap_err().to_string();
+        assert!(
+            e.contains("euler") && e.contains("rflow") && e.contains(&d.join("model.json").display().to_string()),
+            "{e}"
+        );
+        // The sampler is written and read as the same three strings.
+        assert_eq!(serde_json::to_value(&card).unwrap()["sampler"]["kind"], "rflow");
+        j["sampler"]["kind"] = "ddim".into();
+        std::fs::write(d.join("model.json"), j.to_string()).unwrap();
+        assert_eq!(ModelCard::load(&d).unwrap().sampler.kind, Sampler::Ddim);
+        j["sampler"]["kind"] = "DDIM".into();
+        std::fs::write(d.join("model.json"), j.to_string()).unwrap();
+        assert!(ModelCard::load(&d).unwrap_err().to_string().contains("DDIM"));
         j["sampler"]["kind"] = "rflow".into();
         j["extra"] = 1.into();
         std::fs::write(d.join("model.json"), j.to_string()).unwrap();

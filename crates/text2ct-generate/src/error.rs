@@ -10,6 +10,8 @@ pub enum GenerateError {
     Invalid(String),
     #[error(transparent)]
     Io(#[from] text2ct_io::IoError),
+    #[error("sampling: {0}")]
+    Sampling(#[from] text2ct_diffusion::DiffusionError),
 }
 
 pub type Result<T, E = GenerateError> = std::result::Result<T, E>;

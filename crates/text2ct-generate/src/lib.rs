@@ -12,4 +12,5 @@ pub mod text_encoder;
 pub use card::ModelCard;
 pub use error::{GenerateError, Result};
 pub use prompts::{jobs_for_prompt, jobs_from_csv, seed_for, Job, Shard};
+pub use text2ct_diffusion::Sampler;
 pub use text_encoder::{TextEncoder, TextEncoderKind};

@@ -30,7 +30,7 @@ pub struct Sidecar {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub negative_prompt_truncated: bool,
     pub seed: u64,
-    pub sampler: String,
+    pub sampler: text2ct_diffusion::Sampler,
     pub exact: bool,
     pub steps: usize,
     pub guidance: f32,
@@ -135,7 +135,7 @@ mod tests {
             negative_prompt: None,
             negative_prompt_truncated: false,
             seed: 42,
-            sampler: "rflow".into(),
+            sampler: text2ct_diffusion::Sampler::Rflow,
             exact: false,
             steps: 30,
             guidance: 5.0,

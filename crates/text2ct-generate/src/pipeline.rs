@@ -8,17 +8,19 @@
 //! diffusers' `negative_prompt`); rectified-flow steps `x ← x + v·dt`; decode `z / scale_factor`; HU =
 //! `x·2000 − 1000`, clipped to [−1000, 1000] and truncated to int16 as NumPy does.
 //!
+//! The sampling loop itself is [`text2ct_diffusion::sample_guided`] (shared with the guidance sweep
+//! and the prompt-effects check, which sample through this pipeline); this module supplies the U-Net
+//! call for each guidance branch.
+//!
 //! Noise comes from a ChaCha8 stream seeded by the job's seed (so seeds reproduce within text2ct,
-//! on any machine) or from a `.npy` the caller passes (to reproduce a reference run exactly).
+//! on any machine) or from a `.npy` the caller passes (to reproduce a reference run exactly). DDPM's
+//! per-step noise comes from another stream of the same seed ([`NoiseStream::sampler`]), so it
+//! changes with the seed even when the initial noise is given.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rand::SeedableRng;
-use rand_distr::{Distribution, StandardNormal};
-use text2ct_diffusion::{
-    cfg_combine, BetaSchedule, DdimScheduler, DdpmScheduler, RFlowMode, RFlowScheduler, TimestepSpacing,
-};
+use text2ct_diffusion::{sample_guided, Branches, NoiseStream, Sampler, Scheduler};
 use text2ct_io::{Affine, Volume};
 use text2ct_models::burn::prelude::{Device, Int, Tensor, TensorData};
 use text2ct_models::unet::{Unet, UnetCond, UnetConfig};
@@ -33,7 +35,7 @@ use crate::text_encoder::TextEncoder;
 /// How to sample (defaults from the card; flags override).
 #[derive(Clone, Debug)]
 pub struct SampleOptions {
-    pub sampler: String,
+    pub sampler: Sampler,
     pub steps: usize,
     pub guidance: f32,
     pub exact: bool,
@@ -48,15 +50,9 @@ pub struct SampleOptions {
 }
 
 impl SampleOptions {
-    /// The samplers [`Pipeline::sample`] knows.
-    pub const SAMPLERS: [&'static str; 3] = ["rflow", "ddpm", "ddim"];
-
-    /// Check what does not depend on the model: a known sampler, at least one step, a finite
-    /// guidance scale, a positive decode window. Front ends call it before doing any work.
+    /// Check what does not depend on the model: at least one step, a finite guidance scale, a
+    /// positive decode window. Front ends call it before doing any work.
     pub fn validate(&self) -> Result<()> {
-        if !Self::SAMPLERS.contains(&self.sampler.as_str()) {
-            return Err(GenerateError::Invalid(format!("sampler {:?} is not rflow, ddpm or ddim", self.sampler)));
-        }
         if self.steps == 0 {
             return Err(GenerateError::Invalid("the number of sampling steps must be at least 1".into()));
         }
@@ -194,7 +190,7 @@ impl Pipeline {
     /// Default sampling options from the card.
     pub fn default_options(&self) -> SampleOptions {
         SampleOptions {
-            sampler: self.card.sampler.kind.clone(),
+            sampler: self.card.sampler.kind,
             steps: self.card.sampler.steps,
             guidance: self.card.sampler.guidance,
             exact: self.card.sampler.exact,
@@ -240,13 +236,10 @@ impl Pipeline {
         Ok((ctx.reshape([1, 1, d]), truncated[0]))
     }
 
-    /// Standard-normal noise for a latent, from a seed.
+    /// Standard-normal noise for a latent, from a seed ([`NoiseStream::latent`]).
     pub fn noise(&self, latent: [usize; 3], seed: u64) -> Tensor<5> {
         let c = self.unet.config.in_channels;
-        let n = c * latent.iter().product::<usize>();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
-        Tensor::from_data(TensorData::new(v, [1, c, latent[0], latent[1], latent[2]]), &self.device)
+        NoiseStream::latent(seed).normal_tensor([1, c, latent[0], latent[1], latent[2]], &self.device)
     }
 
     fn cond(&self, ctx: Option<Tensor<3>>, batch: usize) -> UnetCond {
@@ -265,50 +258,50 @@ impl Pipeline {
         }
     }
 
-    /// The guided model output at timestep `t`: one batched U-Net call for the conditional and
-    /// unconditional branches (`w = 1` needs only the conditional one, `w = 0` only the
-    /// unconditional one, at `uncond`: zeros or a negative prompt's context).
-    fn guided(&self, x: &Tensor<5>, t: f32, ctx: &Tensor<3>, uncond: &Tensor<3>, w: f32) -> Result<Tensor<5>> {
-        let dev = &self.device;
-        let call = |xb: Tensor<5>, c: Tensor<3>, b: usize| -> Result<Tensor<5>> {
-            let tt = Tensor::<1>::from_data(TensorData::new(vec![t; b], [b]), dev);
-            self.unet.forward_cond(xb, tt, &self.cond(Some(c), b)).map_err(model_err)
+    /// The U-Net's output at timestep `t` for the guidance `branches` of [`sample_guided`]: `x` at
+    /// the prompt's context `ctx`, at the unconditional one `uncond` (zeros or a negative prompt's
+    /// context), or — for [`Branches::Both`] — `x`'s two halves at `uncond` then `ctx`, in one call.
+    fn unet_branches(
+        &self,
+        x: Tensor<5>,
+        t: f32,
+        branches: Branches,
+        ctx: &Tensor<3>,
+        uncond: &Tensor<3>,
+    ) -> Result<Tensor<5>> {
+        let c = match branches {
+            Branches::Cond => ctx.clone(),
+            Branches::Uncond => uncond.clone(),
+            Branches::Both => Tensor::cat(vec![uncond.clone(), ctx.clone()], 0),
         };
-        if w == 1.0 {
-            return call(x.clone(), ctx.clone(), 1);
-        }
-        if w == 0.0 {
-            return call(x.clone(), uncond.clone(), 1);
-        }
-        let out =
-            call(Tensor::cat(vec![x.clone(), x.clone()], 0), Tensor::cat(vec![uncond.clone(), ctx.clone()], 0), 2)?;
-        let d = out.dims();
-        let vu = out.clone().slice([0..1, 0..d[1], 0..d[2], 0..d[3], 0..d[4]]);
-        let vc = out.slice([1..2, 0..d[1], 0..d[2], 0..d[3], 0..d[4]]);
-        // v = v_u + w (v_c − v_u), as text2ct_diffusion::cfg_combine on tensors.
-        Ok(vu.clone() + (vc - vu).mul_scalar(w))
+        let b = x.dims()[0];
+        let tt = Tensor::<1>::from_data(TensorData::new(vec![t; b], [b]), &self.device);
+        self.unet.forward_cond(x, tt, &self.cond(Some(c), b)).map_err(model_err)
     }
 
     /// Run the sampler from `x` (noise) to a clean latent with the zero unconditional context
-    /// (the release's rule). `progress(step, total)`.
+    /// (the release's rule). `seed` is the job's: DDPM's per-step noise comes from it.
+    /// `progress(step, total)`.
     pub fn sample(
         &self,
         x: Tensor<5>,
         ctx: &Tensor<3>,
         opts: &SampleOptions,
+        seed: u64,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor<5>> {
-        self.sample_with_uncond(x, ctx, None, opts, progress)
+        self.sample_with_uncond(x, ctx, None, opts, seed, progress)
     }
 
     /// [`Pipeline::sample`] with the unconditional branch at `uncond` (e.g. a negative prompt's
     /// context from [`Pipeline::encode_prompt`]) instead of zeros; `None` is `sample`.
     pub fn sample_with_uncond(
         &self,
-        mut x: Tensor<5>,
+        x: Tensor<5>,
         ctx: &Tensor<3>,
         uncond: Option<&Tensor<3>>,
         opts: &SampleOptions,
+        seed: u64,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor<5>> {
         // The unconditional context, made once for all steps.
@@ -323,52 +316,18 @@ impl Pipeline {
             Some(u) => u.clone(),
             None => Tensor::<3>::zeros(ctx.dims(), &self.device),
         };
-        let _ = cfg_combine; // the slice form of the same rule, tested in text2ct-diffusion
         let d = x.dims();
         let numel = (d[2] * d[3] * d[4]) as u64;
-        match opts.sampler.as_str() {
-            "rflow" => {
-                let s = RFlowScheduler::text2ct()
-                    .set_timesteps(opts.steps, numel, RFlowMode::from_exact(opts.exact))
-                    .map_err(model_err)?;
-                for (i, (&t, &dt)) in s.timesteps.iter().zip(&s.dts).enumerate() {
-                    let v = self.guided(&x, t as f32, ctx, &uncond, opts.guidance)?;
-                    x = x + v.mul_scalar(dt as f32);
-                    progress(i + 1, s.len());
-                }
-                Ok(x)
-            }
-            "ddpm" | "ddim" => {
-                // The paper's variant: ε-prediction with MAISI's scaled-linear betas.
-                let ddim = opts.sampler == "ddim";
-                let ddpm_s = DdpmScheduler::new(BetaSchedule::maisi_scaled_linear(), 1000).map_err(model_err)?;
-                let ddim_s = DdimScheduler::new(BetaSchedule::maisi_scaled_linear(), 1000).map_err(model_err)?;
-                let ts = if ddim {
-                    ddim_s.timesteps(opts.steps).map_err(model_err)?
-                } else {
-                    text2ct_diffusion::inference_timesteps(1000, opts.steps, 0, TimestepSpacing::Leading)
-                        .map_err(model_err)?
-                };
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed ^ opts.steps as u64);
-                let shape = x.dims();
-                for (i, &t) in ts.iter().enumerate() {
-                    let eps = self.guided(&x, t as f32, ctx, &uncond, opts.guidance)?;
-                    let xv = x.clone().into_data().convert::<f32>().try_into_vec::<f32>().map_err(model_err)?;
-                    let ev = eps.into_data().convert::<f32>().try_into_vec::<f32>().map_err(model_err)?;
-                    let next = if ddim {
-                        let prev = ddim_s.prev_timestep(t, opts.steps).map_err(model_err)?;
-                        ddim_s.step(&ev, t, prev, &xv, 0.0, None).map_err(model_err)?.prev_sample
-                    } else {
-                        let noise: Vec<f32> = (0..xv.len()).map(|_| StandardNormal.sample(&mut rng)).collect();
-                        ddpm_s.step(&ev, t, &xv, Some(&noise)).map_err(model_err)?.prev_sample
-                    };
-                    x = Tensor::from_data(TensorData::new(next, shape), &self.device);
-                    progress(i + 1, ts.len());
-                }
-                Ok(x)
-            }
-            other => Err(GenerateError::Invalid(format!("sampler {other:?} is not rflow, ddpm or ddim"))),
-        }
+        let scheduler = Scheduler::text2ct(opts.sampler, opts.steps, numel, opts.exact)?;
+        let mut rng = NoiseStream::sampler(seed);
+        sample_guided(
+            &scheduler,
+            x,
+            opts.guidance,
+            &mut rng,
+            |xb, t, branches| self.unet_branches(xb, t, branches, ctx, &uncond),
+            progress,
+        )
     }
 
     /// Decode a latent to HU: `z / scale_factor` → VAE (sliding window per the card) →
@@ -451,7 +410,7 @@ impl Pipeline {
             None => self.noise(latent, seed),
         };
         let t1 = Instant::now();
-        let z = self.sample_with_uncond(x, &ctx, uncond.as_ref(), opts, progress)?;
+        let z = self.sample_with_uncond(x, &ctx, uncond.as_ref(), opts, seed, progress)?;
         let t_sample = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
         let vol = self.decode_with_window(z, opts.size, opts.decode_window)?;
@@ -483,7 +442,7 @@ impl Pipeline {
             negative_prompt: opts.negative_prompt.clone(),
             negative_prompt_truncated: g.negative_prompt_truncated,
             seed: job.seed,
-            sampler: opts.sampler.clone(),
+            sampler: opts.sampler,
             exact: opts.exact,
             steps: opts.steps,
             guidance: opts.guidance,

@@ -1516,8 +1516,8 @@ fn export_model(
     let sp = cache.spacing;
     let e = &cfg.export;
     let (kind, obj) = match cfg.objective.kind {
-        Objective::Rflow => ("rflow", "rectified flow, L1 velocity loss"),
-        Objective::Ddpm => ("ddpm", "DDPM epsilon-prediction, L2 loss"),
+        Objective::Rflow => (text2ct_diffusion::Sampler::Rflow, "rectified flow, L1 velocity loss"),
+        Objective::Ddpm => (text2ct_diffusion::Sampler::Ddpm, "DDPM epsilon-prediction, L2 loss"),
     };
     let trained_on = e.trained_on.clone().unwrap_or_else(|| {
         format!(
@@ -1575,7 +1575,7 @@ fn export_model(
         },
         scale_factor: None,
         fallback_scale_factor: scale_factor,
-        sampler: SamplerRef { kind: kind.into(), steps: e.sampler_steps, guidance: e.guidance, exact: false },
+        sampler: SamplerRef { kind, steps: e.sampler_steps, guidance: e.guidance, exact: false },
         output: OutputRef {
             size: sz,
             spacing: sp,

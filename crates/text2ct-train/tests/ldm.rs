@@ -191,10 +191,10 @@ fn trains_resumes_exactly_and_exports_a_generating_model() {
     assert_eq!(pipe.card.conditioning.class_label, Some(1));
     assert!(pipe.card.trained_on.contains("4 prepared volumes"), "{}", pipe.card.trained_on);
     let opts = pipe.default_options();
-    assert_eq!((opts.sampler.as_str(), opts.steps), ("rflow", 2));
+    assert_eq!((opts.sampler, opts.steps), (text2ct_generate::Sampler::Rflow, 2));
     let latent = pipe.check_size(opts.size).unwrap();
     let (ctx, _) = pipe.encode_prompt("Findings: nodule left.").unwrap();
-    let z = pipe.sample(pipe.noise(latent, 1), &ctx, &opts, &mut |_, _| {}).unwrap();
+    let z = pipe.sample(pipe.noise(latent, 1), &ctx, &opts, 1, &mut |_, _| {}).unwrap();
     let vol = pipe.decode(z, opts.size).unwrap();
     assert_eq!(vol.dims(), [16, 16, 8]);
     assert!(vol.data().iter().all(|v| v.is_finite() && (-1000.0..=1000.0).contains(v)));
@@ -237,7 +237,7 @@ fn ddpm_objective_trains_and_exports_a_ddpm_card() {
     assert_eq!(events, 2);
     assert_eq!(s.objective, Objective::Ddpm);
     let card = text2ct_generate::ModelCard::load(&d.join("p/model")).unwrap();
-    assert_eq!(card.sampler.kind, "ddpm");
+    assert_eq!(card.sampler.kind, text2ct_generate::Sampler::Ddpm);
     // The cache is reused by a second run over the same data.
     let before = std::fs::metadata(d.join("p/cache/latents/vol_0.npy")).unwrap().modified().unwrap();
     let mut cfg2 = cfg.clone();
@@ -399,7 +399,7 @@ fn minilm_text_encoder_trains_and_the_export_generates() {
     let c = ctx.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
     assert!(c.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
     let opts = pipe.default_options();
-    let z = pipe.sample(pipe.noise(pipe.check_size(opts.size).unwrap(), 1), &ctx, &opts, &mut |_, _| {}).unwrap();
+    let z = pipe.sample(pipe.noise(pipe.check_size(opts.size).unwrap(), 1), &ctx, &opts, 1, &mut |_, _| {}).unwrap();
     assert_eq!(pipe.decode(z, opts.size).unwrap().dims(), [16, 16, 8]);
     assert!(pipe.encode_prompt("  ").unwrap_err().to_string().contains("empty"));
 

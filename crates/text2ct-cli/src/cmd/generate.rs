@@ -128,7 +128,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         opts.guidance = g;
     }
     if let Some(s) = &a.sampler {
-        opts.sampler = s.clone();
+        opts.sampler = s.parse().map_err(|e| anyhow::anyhow!("--sampler: {e}"))?;
     }
     opts.negative_prompt = a.negative_prompt.clone();
     opts.exact |= a.exact;

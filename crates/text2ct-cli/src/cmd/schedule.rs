@@ -23,7 +23,7 @@ pub struct ScheduleArgs {
 }
 
 pub fn run(a: ScheduleArgs) -> Result<()> {
-    let sampler: Sampler = a.sampler.parse()?;
+    let sampler: Sampler = a.sampler.parse().map_err(|e| anyhow::anyhow!("--sampler: {e}"))?;
     let parts: Vec<&str> = a.latent.split(',').collect();
     if parts.len() != 4 {
         anyhow::bail!("--latent must be C,X,Y,Z (four numbers), got {:?}", a.latent);

@@ -23,6 +23,7 @@ use text2ct_io::{Affine, Volume};
 use text2ct_models::burn::prelude::{Device, Int, Tensor, TensorData};
 use text2ct_models::unet::{Unet, UnetCond, UnetConfig};
 use text2ct_models::vae::{Vae, VaeConfig};
+use text2ct_models::Precision;
 
 use crate::card::ModelCard;
 use crate::error::{GenerateError, Result};
@@ -113,8 +114,11 @@ impl Pipeline {
         let vae_cfg = VaeConfig::from_json_str(&cfg(&card.vae.config)?).map_err(model_err)?;
         let unet_cfg = UnetConfig::from_json_str(&cfg(&card.unet.config)?).map_err(model_err)?;
         let text_cfg = cfg(&card.text_encoder.config)?;
-        let vae = Vae::load(&vae_cfg, &dir.join(&card.vae.weights), device).map_err(model_err)?;
-        let ck = Unet::load_checkpoint(&unet_cfg, &dir.join(&card.unet.weights), device).map_err(model_err)?;
+        let mut vae = Vae::load(&vae_cfg, &dir.join(&card.vae.weights), device).map_err(model_err)?;
+        let mut ck = Unet::load_checkpoint(&unet_cfg, &dir.join(&card.unet.weights), device).map_err(model_err)?;
+        let precision = card.precision.unwrap_or_default();
+        vae.set_precision(precision);
+        ck.unet.set_precision(precision);
         let tok_file = card.tokenizer.file.as_ref().map(|f| dir.join(f));
         let text = TextEncoder::load(
             card.text_encoder.kind,
@@ -167,6 +171,27 @@ impl Pipeline {
             model_hash,
             weights_sha256,
         })
+    }
+
+    /// The arithmetic of the U-Net's and the VAE's 3x3x3 convolutions (the card's `precision`,
+    /// f32 when it has none, until changed here).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.unet.set_precision(precision);
+        self.vae.set_precision(precision);
+    }
+
+    /// The precision asked for ([`Pipeline::set_precision`]).
+    pub fn precision(&self) -> Precision {
+        self.unet.precision()
+    }
+
+    /// The precision the convolutions actually run in: f32 off the CPU (the bf16 kernels are CPU
+    /// kernels) and on CPUs without AVX512-BF16 (see [`Precision::on_this_cpu`]).
+    pub fn precision_in_effect(&self) -> Precision {
+        if self.device != Device::flex() {
+            return Precision::F32;
+        }
+        self.precision().on_this_cpu()
     }
 
     /// Default sampling options from the card.
@@ -475,6 +500,7 @@ impl Pipeline {
             files: vec![],
             timings_s: g.timings,
             device: format!("{:?}", self.device),
+            precision: self.precision_in_effect(),
             text2ct_version: env!("CARGO_PKG_VERSION").into(),
             note: format!("scale factor from {}; trained on: {}", self.scale_factor_source, self.card.trained_on),
         };

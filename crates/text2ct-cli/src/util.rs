@@ -28,6 +28,30 @@ impl DeviceArg {
     }
 }
 
+/// `--precision`, shared by the commands that run the U-Net or the VAE (`#[command(flatten)]`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PrecisionArg {
+    /// Arithmetic of the 3x3x3 convolutions: f32 (the default; for `generate`, the model card's
+    /// `precision` when it has one) or bf16 (activations and weights rounded to bf16, products
+    /// summed in f32; faster on CPUs with AVX512-BF16 — elsewhere f32 runs, and says so).
+    /// GroupNorm, attention and softmax stay f32. `generate` records it in each sidecar.
+    #[arg(long = "precision", value_name = "f32|bf16")]
+    pub precision: Option<String>,
+}
+
+impl PrecisionArg {
+    /// The precision asked for (`None`: not given), checked against the device: the bf16 kernels
+    /// are CPU kernels.
+    pub fn get(&self, device: &text2ct_models::burn::tensor::Device) -> Result<Option<text2ct_models::Precision>> {
+        let Some(name) = &self.precision else { return Ok(None) };
+        let p: text2ct_models::Precision = name.parse().map_err(|e| anyhow::anyhow!("--precision: {e}"))?;
+        if p != text2ct_models::Precision::F32 && *device != text2ct_models::burn::tensor::Device::flex() {
+            bail!("--precision {p} runs on the CPU's kernels only; with --device {device:?} use f32 (or leave it out)");
+        }
+        Ok(Some(p))
+    }
+}
+
 /// Parse "X,Y,Z" into three numbers.
 pub fn parse_triple<T: std::str::FromStr>(s: &str, what: &str) -> Result<[T; 3]> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();

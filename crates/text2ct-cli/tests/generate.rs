@@ -123,6 +123,18 @@ fn generate_from_reports_with_shards_and_resume() {
     let sc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("n/prompt_seed6.json")).unwrap()).unwrap();
     assert_eq!(sc["negative_prompt"], "Findings: Right pleural effusion.");
+    // The precision is recorded as run: f32 by default; --precision bf16 gives bf16 where the CPU
+    // has AVX512-BF16 (and says f32 where it runs f32), and a volume of the same geometry.
+    let read_sc = |sub: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join(sub).join("prompt_seed6.json")).unwrap()).unwrap()
+    };
+    assert_eq!(read_sc("p")["precision"], "f32");
+    let (ok, _, err) = normal("b", &["--precision", "bf16"]);
+    assert!(ok, "{err}");
+    let ran = text2ct_models::Precision::Bf16.on_this_cpu().to_string();
+    assert_eq!(read_sc("b")["precision"], ran.as_str());
+    assert_eq!(read_sc("b")["size"], read_sc("p")["size"]);
+    assert!(err.contains(&format!("{ran} convolutions")), "{err}");
 }
 
 #[test]
@@ -139,6 +151,7 @@ fn generate_bad_input() {
         (&["generate", "--model", ms, "--prompt", "x", "--decode-window", "4,0,4"], "size"),
         (&["generate", "--model", ms, "--prompt", "x", "--sampler", "euler", "--steps", "1"], "euler"),
         (&["generate", "--model", ms, "--prompt", "x", "--negative-prompt", " "], "negative prompt is empty"),
+        (&["generate", "--model", ms, "--prompt", "x", "--precision", "f16"], "--precision"),
     ];
     for (args, want) in cases {
         let (ok, _, err) = run(args);

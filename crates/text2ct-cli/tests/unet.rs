@@ -89,6 +89,25 @@ fn forward_matches_monai() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// `--precision bf16`: the output stays within 2e-2 relative L2 of MONAI's; an unknown precision
+/// is refused by name, before anything is written.
+#[test]
+fn precision_bf16_and_unknown_values() {
+    let d = tmp("precision");
+    let out = d.join("out.npy");
+    run_with(&out, &[("--precision", "bf16".into())]).unwrap();
+    let got = NpyArray::read(&out).unwrap();
+    let want = NpyArray::read(Path::new(&fx("out.npy"))).unwrap();
+    let num: f64 = got.data.iter().zip(&want.data).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let den: f64 = want.data.iter().map(|b| (*b as f64).powi(2)).sum();
+    assert!((num / den).sqrt() <= 2e-2);
+    let out2 = d.join("out2.npy");
+    let e = run_with(&out2, &[("--precision", "half".into())]).unwrap_err();
+    assert!(e.contains("--precision") && e.contains("\"half\"") && e.contains("f32, bf16"), "{e}");
+    assert!(!out2.exists());
+    std::fs::remove_dir_all(&d).ok();
+}
+
 #[test]
 fn bad_inputs_exit_1_with_a_message() {
     let d = tmp("bad");

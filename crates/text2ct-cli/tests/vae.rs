@@ -264,3 +264,31 @@ fn clear_errors() {
     assert!(format!("{e:#}").contains("nonexistent.pt"), "{e:#}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `--precision bf16` on encode and decode: outputs within 2e-2 relative L2 of MONAI's (bf16
+/// rounding of the 16-channel convolutions; f32 where the CPU lacks AVX512-BF16); an unknown
+/// precision is refused by name, before anything is written.
+#[test]
+fn precision_bf16_and_unknown_values() {
+    let d = tmp("precision");
+    let (cfg, w) = (small("config.json"), small("vae.pt"));
+    let (mu, dec) = (d.join("mu.npy"), d.join("dec.npy"));
+    let base = |cmd: &str, input: &str, out: &Path, p: &str| -> Result<(), String> {
+        let (i, o) = (small(input), out.to_string_lossy().into_owned());
+        run(&["vae", cmd, "--config", &cfg, "--weights", &w, "--input", &i, "--output", &o, "--precision", p])
+    };
+    base("encode", "enc_input.npy", &mu, "bf16").unwrap();
+    let e = max_rel(&NpyArray::read(&mu).unwrap(), &NpyArray::read(Path::new(&small("enc_mu.npy"))).unwrap());
+    assert!(e <= 2e-2, "encode in bf16: {e}");
+    base("decode", "dec_input.npy", &dec, "bf16").unwrap();
+    let e = max_rel(&NpyArray::read(&dec).unwrap(), &NpyArray::read(Path::new(&small("dec_output.npy"))).unwrap());
+    assert!(e <= 2e-2, "decode in bf16: {e}");
+    for cmd in ["encode", "decode"] {
+        let out = d.join(format!("{cmd}_f16.npy"));
+        let input = if cmd == "encode" { "enc_input.npy" } else { "dec_input.npy" };
+        let e = base(cmd, input, &out, "f16").unwrap_err();
+        assert!(e.contains("--precision") && e.contains("\"f16\"") && e.contains("bf16"), "{e}");
+        assert!(!out.exists());
+    }
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -9,6 +9,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use text2ct_models::Precision;
 
 use text2ct_diffusion::Sampler;
 
@@ -173,6 +174,12 @@ pub struct ModelCard {
     pub output: OutputRef,
     pub conditioning: ConditioningRef,
     pub decode: DecodeRef,
+    /// The arithmetic of the U-Net's and the VAE's 3x3x3 convolutions unless `--precision` says
+    /// otherwise: `f32` (also when absent) or `bf16` (products of bf16-rounded activations and
+    /// weights summed in f32; needs AVX512-BF16, else f32 runs). Cards without it stay valid, and
+    /// cards that leave it out do not write it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 impl ModelCard {
@@ -245,6 +252,7 @@ impl ModelCard {
                 context_norm: None,
             },
             decode: DecodeRef { window: Some([80, 80, 80]), overlap: 0.4 },
+            precision: None,
         }
     }
 
@@ -495,6 +503,29 @@ mod tests {
             c.validate(&d).unwrap();
         }
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// `precision` is optional (absent = f32, not written when absent), read when given, and an
+    /// unknown value is refused by name.
+    #[test]
+    fn precision_default_is_optional_and_checked() {
+        let d = std::env::temp_dir().join(format!("text2ct-card-precision-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let card = ModelCard::text2ct_release();
+        for (_, f) in card.files() {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        let mut j = serde_json::to_value(&card).unwrap();
+        assert!(j.get("precision").is_none(), "{j}");
+        assert_eq!(card.precision, None);
+        j["precision"] = "bf16".into();
+        std::fs::write(d.join("model.json"), j.to_string()).unwrap();
+        assert_eq!(ModelCard::load(&d).unwrap().precision, Some(Precision::Bf16));
+        j["precision"] = "f16".into();
+        std::fs::write(d.join("model.json"), j.to_string()).unwrap();
+        let e = ModelCard::load(&d).unwrap_err().to_string();
+        assert!(e.contains("f16") && e.contains("bf16"), "{e}");
     }
 
     #[test]

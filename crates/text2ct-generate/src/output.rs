@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use text2ct_io::nifti_io::{write_nifti, WriteOptions};
 use text2ct_io::preview::{render_planes, save_png, stack_horizontal, Window};
 use text2ct_io::Volume;
+use text2ct_models::Precision;
 
 use crate::error::{GenerateError, Result};
 use crate::prompts::Job;
@@ -48,6 +49,10 @@ pub struct Sidecar {
     /// devices agree to float rounding, not bit for bit). Empty in sidecars from before 0.1.
     #[serde(default)]
     pub device: String,
+    /// The arithmetic of the 3x3x3 convolutions as run: `f32`, or `bf16` (bf16 products summed in
+    /// f32). `f32` in sidecars from before it was recorded.
+    #[serde(default)]
+    pub precision: Precision,
     pub text2ct_version: String,
     pub note: String,
 }
@@ -149,6 +154,7 @@ mod tests {
             files: vec![],
             timings_s: Timings::default(),
             device: "cpu".into(),
+            precision: Precision::Bf16,
             text2ct_version: "0".into(),
             note: String::new(),
         };
@@ -166,6 +172,11 @@ mod tests {
         let sc2: Sidecar = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
         assert_eq!(sc2.files.len(), 3);
         assert_eq!(sc2.seed, 42);
+        assert_eq!(sc2.precision, Precision::Bf16);
+        // A sidecar written before the precision was recorded reads as f32.
+        let mut old: serde_json::Value = serde_json::to_value(&sc2).unwrap();
+        old.as_object_mut().unwrap().remove("precision");
+        assert_eq!(serde_json::from_value::<Sidecar>(old).unwrap().precision, Precision::F32);
         assert_eq!(sha256_bytes(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

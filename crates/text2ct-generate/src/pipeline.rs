@@ -25,6 +25,7 @@ use text2ct_io::{Affine, Volume};
 use text2ct_models::burn::prelude::{Device, Int, Tensor, TensorData};
 use text2ct_models::unet::{Unet, UnetCond, UnetConfig};
 use text2ct_models::vae::{Vae, VaeConfig};
+use text2ct_models::Precision;
 
 use crate::card::ModelCard;
 use crate::error::{GenerateError, Result};
@@ -128,7 +129,7 @@ impl Pipeline {
             let w = ModelCard::resolve(dir, "text encoder weights", &card.text_encoder.weights)?;
             TextEncoder::load(card.text_encoder.kind, &cfg(&card.text_encoder.config)?, &w, tok_file.as_deref(), device)
         })();
-        let (vae, (unet_cfg, ck), text) = match (vae, unet, text) {
+        let (mut vae, (unet_cfg, mut ck), text) = match (vae, unet, text) {
             (Ok(v), Ok(u), Ok(t)) => (v, u, t),
             (v, u, t) => {
                 let errs: Vec<String> =
@@ -141,6 +142,9 @@ impl Pipeline {
                 )));
             }
         };
+        let precision = card.precision.unwrap_or_default();
+        vae.set_precision(precision);
+        ck.unet.set_precision(precision);
         if card.tokenizer.max_length > text.max_positions() {
             return Err(GenerateError::Card(format!(
                 "{}: tokenizer max_length {} exceeds the text encoder's {} positions",
@@ -185,6 +189,27 @@ impl Pipeline {
             model_hash,
             weights_sha256,
         })
+    }
+
+    /// The arithmetic of the U-Net's and the VAE's 3x3x3 convolutions (the card's `precision`,
+    /// f32 when it has none, until changed here).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.unet.set_precision(precision);
+        self.vae.set_precision(precision);
+    }
+
+    /// The precision asked for ([`Pipeline::set_precision`]).
+    pub fn precision(&self) -> Precision {
+        self.unet.precision()
+    }
+
+    /// The precision the convolutions actually run in: f32 off the CPU (the bf16 kernels are CPU
+    /// kernels) and on CPUs without AVX512-BF16 (see [`Precision::on_this_cpu`]).
+    pub fn precision_in_effect(&self) -> Precision {
+        if self.device != Device::flex() {
+            return Precision::F32;
+        }
+        self.precision().on_this_cpu()
     }
 
     /// Default sampling options from the card.
@@ -456,6 +481,7 @@ impl Pipeline {
             files: vec![],
             timings_s: g.timings,
             device: format!("{:?}", self.device),
+            precision: self.precision_in_effect(),
             text2ct_version: env!("CARGO_PKG_VERSION").into(),
             note: format!("scale factor from {}; trained on: {}", self.scale_factor_source, self.card.trained_on),
         };

@@ -173,3 +173,36 @@ fn ddpm_step_noise_follows_the_job_seed() {
         assert_eq!(run(s, 1), run(s, 2), "{s} depends only on the initial noise");
     }
 }
+
+/// The card's `precision` is the pipeline's default (absent: f32), `set_precision` overrides it,
+/// and the sidecar records what ran (bf16 only where the CPU has AVX512-BF16).
+#[test]
+fn card_precision_is_the_default_and_recorded() {
+    use text2ct_models::Precision;
+    let dev = Device::flex();
+    let d = std::env::temp_dir().join(format!("text2ct-gen-precision-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    for e in std::fs::read_dir(dir()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+    }
+    assert_eq!(Pipeline::load(&d, &dev).unwrap().precision(), Precision::F32);
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("model.json")).unwrap()).unwrap();
+    card["precision"] = "bf16".into();
+    std::fs::write(d.join("model.json"), card.to_string()).unwrap();
+    let mut p = Pipeline::load(&d, &dev).unwrap();
+    assert_eq!(
+        (p.precision(), p.unet.precision(), p.vae.precision()),
+        (Precision::Bf16, Precision::Bf16, Precision::Bf16)
+    );
+    let mut opts = p.default_options();
+    opts.steps = 1;
+    let job = Job { id: "prompt".into(), prompt: "Findings: Normal lungs.".into(), row: 0, sample: 0, seed: 1 };
+    let sc = p.run_job(&job, &opts, &d.join("out"), None, &mut |_, _| {}).unwrap();
+    assert_eq!(sc.precision, Precision::Bf16.on_this_cpu());
+    p.set_precision(Precision::F32);
+    assert_eq!((p.unet.precision(), p.vae.precision()), (Precision::F32, Precision::F32));
+    std::fs::remove_dir_all(&d).ok();
+}

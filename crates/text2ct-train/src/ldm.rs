@@ -1588,6 +1588,7 @@ fn export_model(
             context_norm,
         },
         decode: DecodeRef { window: e.decode_window, overlap: 0.25 },
+        precision: None,
     };
     card.save(dir).map_err(card_err)?;
     card.validate(dir).map_err(card_err)?;

@@ -70,6 +70,8 @@ pub struct GenerateArgs {
     pub decode_window: Option<String>,
     #[command(flatten)]
     pub device: crate::util::DeviceArg,
+    #[command(flatten)]
+    pub precision: crate::util::PrecisionArg,
     /// Regenerate volumes whose sidecar already exists (default: skip them, so a killed job
     /// can simply be restarted).
     #[arg(long)]
@@ -83,6 +85,7 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device = a.device.get()?;
+    let precision = a.precision.get(&device)?;
     let model = match a.model.clone().or_else(|| std::env::var_os("TEXT2CT_MODEL").map(PathBuf::from)) {
         Some(m) => m,
         None => {
@@ -116,7 +119,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("--noise reproduces one volume: use it with one prompt and --count 1");
     }
     eprintln!("loading {} …", model.display());
-    let p = Pipeline::load(&model, &device).with_context(|| format!("loading the model in {}", model.display()))?;
+    let mut p = Pipeline::load(&model, &device).with_context(|| format!("loading the model in {}", model.display()))?;
+    if let Some(precision) = precision {
+        p.set_precision(precision);
+    }
     let mut opts = p.default_options();
     if let Some(s) = a.steps {
         opts.steps = s;
@@ -155,7 +161,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => None,
     };
     eprintln!(
-        "model {} ({}); sampler {} {} steps, guidance {}{}, output {:?} at {:?} mm; scale factor {} ({})",
+        "model {} ({}); sampler {} {} steps, guidance {}{}, output {:?} at {:?} mm; scale factor {} ({}); {} convolutions",
         p.card.name,
         p.card.trained_on,
         opts.sampler,
@@ -168,7 +174,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         opts.size,
         p.card.output.spacing,
         p.scale_factor,
-        p.scale_factor_source
+        p.scale_factor_source,
+        p.precision_in_effect()
     );
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mp = MultiProgress::new();

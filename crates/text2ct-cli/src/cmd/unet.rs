@@ -9,6 +9,9 @@
 //!   OUT gets the network output float32 `[B, out_channels, X, Y, Z]` (Text2CT: the rectified-flow
 //!   velocity).
 //!
+//! `--precision bf16` runs the 3x3x3 convolutions with bf16 products summed in f32 (CPU with
+//! AVX512-BF16; elsewhere f32, said once).
+//!
 //! The config is the JSON of `DiffusionModelUNetMaisi`'s constructor arguments, or a MAISI /
 //! Text2CT model config holding them under `diffusion_unet_def`. Weights: a MONAI state dict
 //! (`.pt`/`.pth`, bare or as `unet_state_dict` in a checkpoint dict) or `.safetensors`, loaded
@@ -62,6 +65,8 @@ pub struct ForwardArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub device: crate::util::DeviceArg,
+    #[command(flatten)]
+    pub precision: crate::util::PrecisionArg,
 }
 
 pub fn run(args: UnetArgs) -> anyhow::Result<()> {
@@ -84,6 +89,7 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
     }
     let cfg = UnetConfig::from_json_file(&a.config).context("reading the U-Net config")?;
     let device = a.device.get()?;
+    let precision = a.precision.get(&device)?;
 
     let xa = read(&a.x, "--x")?;
     let xs: [usize; 5] =
@@ -134,7 +140,8 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
     }
 
     let t0 = Instant::now();
-    let unet = Unet::load(&cfg, &a.weights, &device).context("loading the U-Net weights")?;
+    let mut unet = Unet::load(&cfg, &a.weights, &device).context("loading the U-Net weights")?;
+    unet.set_precision(precision.unwrap_or_default().on_this_cpu());
     let load_s = t0.elapsed().as_secs_f64();
     let x = Tensor::<5>::from_data(TensorData::new(xa.data, xs), &device);
     let t = Tensor::<1>::from_data(TensorData::new(ta.data, [b]), &device);
@@ -147,7 +154,8 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
     let fwd_s = t1.elapsed().as_secs_f64();
     NpyArray::new(dims.to_vec(), data)?.write(&a.output).context("writing --output")?;
     eprintln!(
-        "unet forward: {:?} -> {:?} in {fwd_s:.2} s (weights loaded in {load_s:.2} s); wrote {}",
+        "unet forward ({}): {:?} -> {:?} in {fwd_s:.2} s (weights loaded in {load_s:.2} s); wrote {}",
+        unet.precision(),
         xs,
         dims,
         a.output.display()

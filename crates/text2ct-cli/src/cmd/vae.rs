@@ -11,6 +11,8 @@
 //!   origin 0. With a batch of several latents, NIfTI outputs get `_b<i>` before the extension.
 //!   `--window` decodes with MONAI's Gaussian sliding window (sigma 0.125 * window); as in MAISI's
 //!   `dynamic_infer`, the window is clipped to the latent extent.
+//! - `--precision bf16` (encode, decode) runs the 3x3x3 convolutions with bf16 products summed in
+//!   f32 (CPU with AVX512-BF16; elsewhere f32, said once).
 //! - `text2ct vae convert --input W.pt --output W.safetensors`: f32 safetensors with MONAI names.
 //!
 //! The config is the JSON of `AutoencoderKlMaisi`'s constructor arguments (or a MAISI model
@@ -23,7 +25,7 @@ use anyhow::{bail, Context};
 use text2ct_io::nifti_io::{read_nifti, write_nifti, WriteOptions};
 use text2ct_io::{Affine, Limits, Volume};
 use text2ct_models::burn::tensor::{Device, Tensor, TensorData};
-use text2ct_models::{NpyArray, SlidingWindow, Vae, VaeConfig};
+use text2ct_models::{NpyArray, Precision, SlidingWindow, Vae, VaeConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct VaeArgs {
@@ -63,6 +65,8 @@ pub struct EncodeArgs {
     pub seed: u64,
     #[command(flatten)]
     pub device: crate::util::DeviceArg,
+    #[command(flatten)]
+    pub precision: crate::util::PrecisionArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -90,6 +94,8 @@ pub struct DecodeArgs {
     pub spacing: Vec<f64>,
     #[command(flatten)]
     pub device: crate::util::DeviceArg,
+    #[command(flatten)]
+    pub precision: crate::util::PrecisionArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -114,11 +120,17 @@ pub fn run(args: VaeArgs) -> anyhow::Result<()> {
     }
 }
 
-fn load_vae(config: &Path, weights: &Path, device: &Device) -> anyhow::Result<Vae> {
+fn load_vae(config: &Path, weights: &Path, device: &Device, precision: Option<Precision>) -> anyhow::Result<Vae> {
     let cfg = VaeConfig::from_json_file(config)?;
     let t = Instant::now();
-    let vae = Vae::load(&cfg, weights, device)?;
-    eprintln!("loaded VAE weights {} in {:.1} s", weights.display(), t.elapsed().as_secs_f64());
+    let mut vae = Vae::load(&cfg, weights, device)?;
+    vae.set_precision(precision.unwrap_or_default().on_this_cpu());
+    eprintln!(
+        "loaded VAE weights {} in {:.1} s ({} convolutions)",
+        weights.display(),
+        t.elapsed().as_secs_f64(),
+        vae.precision()
+    );
     Ok(vae)
 }
 
@@ -155,6 +167,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
         bail!("--output must be a .npy file, got {}", a.output.display());
     }
     let device = a.device.get()?;
+    let precision = a.precision.get(&device)?;
     let x = if is_npy(&a.input) {
         let arr = NpyArray::read(&a.input)?;
         to_tensor(arr, "input volume", &a.input, &device)?
@@ -178,7 +191,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     } else {
         bail!("--input must be .npy or .nii/.nii.gz, got {}", a.input.display());
     };
-    let vae = load_vae(&a.config, &a.weights, &device)?;
+    let vae = load_vae(&a.config, &a.weights, &device, precision)?;
     let dims = x.dims();
     vae.check_image_shape(dims).with_context(|| format!("input {}", a.input.display()))?;
     let f = vae.config().downsample_factor();
@@ -212,9 +225,10 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
         bail!("--overlap must be in [0, 1), got {}", a.overlap);
     }
     let device = a.device.get()?;
+    let precision = a.precision.get(&device)?;
     let arr = NpyArray::read(&a.input)?;
     let z = to_tensor(arr, "latent", &a.input, &device)?;
-    let vae = load_vae(&a.config, &a.weights, &device)?;
+    let vae = load_vae(&a.config, &a.weights, &device, precision)?;
     let zd = z.dims();
     vae.check_latent_shape(zd).with_context(|| format!("latent {}", a.input.display()))?;
     let t = Instant::now();

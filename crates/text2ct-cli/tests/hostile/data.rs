@@ -103,6 +103,51 @@ pub fn cases() -> Vec<Case> {
             .mentions("no row in the metadata CSV")
             .writes_nothing_at(d.join("no-meta-row-out/volumes/train_1_a_1.npy")),
     );
+
+    // Issue 21 item 2: an unterminated quote swallowed the next row into the prompt, exit 0.
+    let bad = d.join("unterminated.csv");
+    std::fs::write(
+        &bad,
+        "id,prompt\na1,\"Findings: Left pleural effusion.\na2,\"Findings: Cardiomegaly.\"\na3,\"Findings: Nodule.\"\n",
+    )
+    .unwrap();
+    let gen_out = d.join("gen-out");
+    cases.push(
+        Case::new(
+            "generate-reports-unterminated-quote",
+            &["generate", "--model", &s(&d.join("no-model")), "--reports", &s(&bad), "--out", &s(&gen_out)],
+        )
+        .mentions("unterminated.csv")
+        .mentions("line 3")
+        .writes_nothing_at(&gen_out),
+    );
+    let never = d.join("never-closed.csv");
+    std::fs::write(&never, "id,prompt\na1,ok\na2,\"Findings: effusion.\na3,more\n").unwrap();
+    cases.push(
+        Case::new(
+            "generate-reports-quote-never-closed",
+            &["generate", "--model", &s(&d.join("no-model")), "--reports", &s(&never), "--out", &s(&gen_out)],
+        )
+        .mentions("never-closed.csv")
+        .mentions("line 3")
+        .writes_nothing_at(&gen_out),
+    );
+    // The same in CT-RATE's reports CSV: `prepare ctrate` refuses the file.
+    let r = d.join("reports-quote");
+    phantom(&r);
+    let rp = r.join("dataset/radiology_text_reports/train_reports.csv");
+    let text = std::fs::read_to_string(&rp).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(1, "train_9_a_1.nii.gz,c,t,\"Findings: effusion.,Impression.");
+    std::fs::write(&rp, lines.join("\n") + "\n").unwrap();
+    let (root, out) = (s(&r), s(&d.join("reports-quote-out")));
+    cases.push(
+        Case::new("prepare-reports-unterminated-quote", &prepare(&root, &out))
+            .mentions("train_reports.csv")
+            .mentions("line ")
+            .writes_nothing_at(d.join("reports-quote-out/volumes")),
+    );
+
     cases
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use text2ct_io::dicom_io::read_dicom_series;
+use text2ct_io::dicom_io::{read_dicom_series, DicomInfo};
 use text2ct_io::nifti_io::read_nifti;
 use text2ct_io::{Limits, Volume};
 
@@ -84,14 +84,20 @@ pub fn parse_size(s: &str) -> Result<[usize; 3]> {
     Ok(v)
 }
 
+/// Read a DICOM series folder, saying on stderr which files were skipped and why (not DICOM,
+/// or not an image, e.g. a structured report).
+pub fn read_dicom(path: &Path, series: Option<&str>) -> Result<(Volume, DicomInfo)> {
+    let (v, info) = read_dicom_series(path, series, &Limits::default())?;
+    for (p, why) in &info.skipped {
+        eprintln!("note: skipped {}: {why}", p.display());
+    }
+    Ok((v, info))
+}
+
 /// Load a volume: a NIfTI file (`.nii`, `.nii.gz`) or a folder of DICOM slices.
 pub fn load_volume(path: &Path, series: Option<&str>) -> Result<Volume> {
     if path.is_dir() {
-        let (v, info) = read_dicom_series(path, series, &Limits::default())?;
-        for (p, why) in &info.skipped {
-            eprintln!("note: skipped {}: {why}", p.display());
-        }
-        return Ok(v);
+        return Ok(read_dicom(path, series)?.0);
     }
     let name = path.to_string_lossy();
     if name.ends_with(".nii") || name.ends_with(".nii.gz") {

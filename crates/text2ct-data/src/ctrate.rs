@@ -12,6 +12,7 @@ use text2ct_io::nifti_io::read_nifti;
 use text2ct_io::npy::write_npy_i16;
 use text2ct_io::{IoError, Limits, Result};
 
+use crate::csvfile::CsvTable;
 use crate::labels::{LABELS, NUM_LABELS};
 use crate::layout::{self, Split};
 use crate::manifest::{label_names, write_manifest, DatasetInfo, ManifestEntry};
@@ -87,30 +88,12 @@ struct MetaRow {
     spacing: Option<[f64; 3]>,
 }
 
-/// Read a CSV into (header, rows); require `needed` columns, naming any that are missing.
+/// Read a CSV (see [`crate::csvfile`]) into (header, rows, indices of `needed`), naming any
+/// missing column.
 fn read_csv(path: &Path, needed: &[&str]) -> Result<(Vec<String>, Vec<Vec<String>>, Vec<usize>)> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_path(path)
-        .map_err(|e| IoError::format(path, format!("cannot open CSV: {e}")))?;
-    let header: Vec<String> = rdr
-        .headers()
-        .map_err(|e| IoError::format(path, format!("cannot read CSV header: {e}")))?
-        .iter()
-        .map(|s| s.trim().trim_start_matches('\u{feff}').to_string())
-        .collect();
-    let missing: Vec<&str> = needed.iter().filter(|n| !header.iter().any(|h| h == *n)).copied().collect();
-    if !missing.is_empty() {
-        return Err(IoError::format(path, format!("missing column(s): {}", missing.join(", "))));
-    }
-    let idx = needed.iter().map(|n| header.iter().position(|h| h == n).unwrap_or(0)).collect();
-    let mut rows = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| IoError::format(path, format!("row {}: {e}", i + 2)))?;
-        rows.push(rec.iter().map(|s| s.to_string()).collect());
-    }
-    Ok((header, rows, idx))
+    let t = CsvTable::read(path)?;
+    let idx = t.require(needed)?;
+    Ok((t.header, t.rows.into_iter().map(|r| r.fields).collect(), idx))
 }
 
 fn parse_label(s: &str) -> Option<u8> {
@@ -401,5 +384,5 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 /// Number of data rows in the reports CSV (for the summary).
 pub fn count_report_rows(root: &Path, split: Split) -> usize {
-    csv::Reader::from_path(layout::reports_csv(root, split)).map(|mut r| r.records().count()).unwrap_or(0)
+    CsvTable::read(&layout::reports_csv(root, split)).map(|t| t.rows.len()).unwrap_or(0)
 }

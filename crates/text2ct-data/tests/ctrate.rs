@@ -215,3 +215,19 @@ fn unusable_metadata_rows_are_skipped_not_stored_raw() {
     assert!(p.warnings.iter().any(|w| w.contains("train_2_a_1") && w.contains("no row")), "{:?}", p.warnings);
     assert!(p.skipped.iter().any(|s| s.volume.starts_with("train_1") && s.reason.contains("abc")));
 }
+
+/// Issue 21 item 2: a reports CSV with an unterminated quote merged the following rows into
+/// one report; the file is refused with the line of the quote.
+#[test]
+fn reports_csv_with_an_unterminated_quote_is_refused() {
+    let root = tmp("quote");
+    make_root(&root, &LABELS);
+    let p = layout::reports_csv(&root, Split::Train);
+    let text = std::fs::read_to_string(&p).unwrap();
+    // Row 2 (line 3): the Findings field opens a quote that the next line's quote "closes".
+    let bad = text.replacen("\"Findings of train_2_a_1, normal.\"", "\"Findings of train_2_a_1, normal.", 1);
+    write(&p, &bad);
+    let e = plan(&options(&root, &root.join("o"))).unwrap_err().to_string();
+    assert!(e.contains("train_reports.csv") && e.contains("line 4") && e.contains("opened on line 3"), "{e}");
+    assert_eq!(count_report_rows(&root, Split::Train), 0);
+}

@@ -335,17 +335,8 @@ impl LabelTable {
             return Ok(LabelTable { path: m, kind: "manifest".into(), rows });
         }
         let err = |m: String| FactualError::Input(format!("labels {}: {m}", path.display()));
-        let mut rdr = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .flexible(false)
-            .from_path(path)
-            .map_err(|e| err(format!("cannot open as CSV: {e}")))?;
-        let header: Vec<String> = rdr
-            .headers()
-            .map_err(|e| err(format!("cannot read the CSV header: {e}")))?
-            .iter()
-            .map(|h| h.trim().trim_start_matches('\u{feff}').to_string())
-            .collect();
+        let table = text2ct_data::csvfile::CsvTable::read(path)?;
+        let header = &table.header;
         let id_col = header
             .iter()
             .position(|h| h == "VolumeName")
@@ -367,22 +358,22 @@ impl LabelTable {
         }
         let idx: Vec<usize> = LABELS.iter().map(|l| header.iter().position(|h| h == l).unwrap_or(0)).collect();
         let mut rows = HashMap::new();
-        for (r, rec) in rdr.records().enumerate() {
-            let rec = rec.map_err(|e| err(format!("row {}: {e}", r + 2)))?;
-            let k = normalize_key(rec.get(id_col).unwrap_or(""));
+        for rec in &table.rows {
+            let line = rec.line;
+            let k = normalize_key(rec.get(id_col));
             if k.is_empty() {
-                return Err(err(format!("row {}: empty {}", r + 2, header[id_col])));
+                return Err(err(format!("line {line}: empty {}", header[id_col])));
             }
             let mut v = Vec::with_capacity(NUM_LABELS);
             for (c, &i) in idx.iter().enumerate() {
-                let cell = rec.get(i).unwrap_or("");
+                let cell = rec.get(i);
                 v.push(
                     parse_label(cell)
-                        .ok_or_else(|| err(format!("row {} ({k}): {:?} = {cell:?} is not 0/1", r + 2, LABELS[c])))?,
+                        .ok_or_else(|| err(format!("line {line} ({k}): {:?} = {cell:?} is not 0/1", LABELS[c])))?,
                 );
             }
             if rows.insert(k.clone(), v).is_some() {
-                return Err(err(format!("row {}: {k:?} appears twice", r + 2)));
+                return Err(err(format!("line {line}: {k:?} appears twice")));
             }
         }
         if rows.is_empty() {
@@ -808,6 +799,23 @@ impl FactualReport {
 mod tests {
     use super::*;
     use crate::classification::multilabel;
+
+    /// Issue 21 item 2: the labels CSV goes through the shared reader, so an unterminated quote
+    /// is refused with its line instead of merging rows.
+    #[test]
+    fn labels_csv_with_an_unterminated_quote_is_refused() {
+        let d = std::env::temp_dir().join(format!("text2ct-factual-quote-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("labels.csv");
+        let row = |id: &str| format!("{id},{}\n", vec!["0"; NUM_LABELS].join(","));
+        let good = format!("VolumeName,{}\n{}{}", LABELS.join(","), row("a"), row("b"));
+        std::fs::write(&p, &good).unwrap();
+        assert_eq!(LabelTable::open(&p).unwrap().rows.len(), 2);
+        std::fs::write(&p, good.replacen("\na,", "\n\"a,", 1)).unwrap();
+        let e = LabelTable::open(&p).unwrap_err().to_string();
+        assert!(e.contains("labels.csv") && e.contains("line 2: a quoted field opens here and is never closed"), "{e}");
+        std::fs::remove_dir_all(&d).ok();
+    }
 
     #[test]
     fn keys_and_stems() {

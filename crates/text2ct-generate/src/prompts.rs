@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use text2ct_data::csvfile::CsvTable;
 use text2ct_data::layout::report_text;
 
 use crate::error::{GenerateError, Result};
@@ -82,14 +83,8 @@ pub fn jobs_for_prompt(prompt: &str, count: usize, base_seed: u64) -> Result<Vec
 /// (or `text`) column and an optional `id` column. Only the rows of `shard` are kept.
 pub fn jobs_from_csv(path: &Path, count: usize, base_seed: u64, shard: Shard) -> Result<Vec<Job>> {
     let err = |m: String| GenerateError::Prompts(format!("{}: {m}", path.display()));
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_path(path).map_err(|e| err(e.to_string()))?;
-    let header: Vec<String> = rdr
-        .headers()
-        .map_err(|e| err(e.to_string()))?
-        .iter()
-        .map(|h| h.trim().trim_start_matches('\u{feff}').to_string())
-        .collect();
-    let col = |n: &str| header.iter().position(|h| h == n);
+    let table = CsvTable::read(path).map_err(|e| GenerateError::Prompts(e.to_string()))?;
+    let col = |n: &str| table.column(n);
     enum Kind {
         Report(usize, usize),
         Prompt(usize),
@@ -106,9 +101,9 @@ pub fn jobs_from_csv(path: &Path, count: usize, base_seed: u64, shard: Shard) ->
     let id_col = col("VolumeName").or(col("id"));
     let mut jobs = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (row, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| err(format!("row {}: {e}", row + 2)))?;
-        let get = |i: usize| rec.get(i).unwrap_or("").trim().to_string();
+    for (row, rec) in table.rows.iter().enumerate() {
+        let line = rec.line;
+        let get = |i: usize| rec.get(i).trim().to_string();
         let prompt = match kind {
             Kind::Report(f, i) => report_text(&get(f), &get(i)),
             Kind::Prompt(p) => get(p),
@@ -118,16 +113,16 @@ pub fn jobs_from_csv(path: &Path, count: usize, base_seed: u64, shard: Shard) ->
             None => format!("row{row}"),
         };
         if id.is_empty() {
-            return Err(err(format!("row {}: empty id", row + 2)));
+            return Err(err(format!("line {line}: empty id")));
         }
         if !seen.insert(id.clone()) {
-            return Err(err(format!("row {}: duplicate id {id:?}", row + 2)));
+            return Err(err(format!("line {line}: duplicate id {id:?}")));
         }
         if !shard.owns(row) {
             continue;
         }
         if prompt.trim().is_empty() {
-            return Err(err(format!("row {}: empty prompt", row + 2)));
+            return Err(err(format!("line {line}: empty prompt")));
         }
         for k in 0..count {
             jobs.push(Job {
@@ -186,5 +181,28 @@ mod tests {
         std::fs::write(&p, "id,prompt\na,x\na,y\n").unwrap();
         assert!(jobs_from_csv(&p, 1, 0, Shard::ALL).unwrap_err().to_string().contains("duplicate"));
         assert!(jobs_for_prompt("  ", 1, 0).is_err());
+    }
+
+    /// Issue 21 item 2: an unterminated quote swallowed the next row into the prompt, exit 0.
+    #[test]
+    fn unterminated_quote_is_refused_with_the_line() {
+        let d = std::env::temp_dir().join(format!("text2ct-prompts-quote-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("bad.csv");
+        std::fs::write(
+            &p,
+            "id,prompt\na1,\"Findings: Left pleural effusion.\na2,\"Findings: Cardiomegaly.\"\na3,\"Findings: Nodule.\"\n",
+        )
+        .unwrap();
+        let e = jobs_from_csv(&p, 1, 0, Shard::ALL).unwrap_err().to_string();
+        assert!(e.contains("bad.csv") && e.contains("line 3") && e.contains("opened on line 2"), "{e}");
+        // A well-formed multi-line quoted prompt is one prompt; messages give its file line.
+        std::fs::write(&p, "id,prompt\na1,\"two\nlines\"\na2,\n").unwrap();
+        let e = jobs_from_csv(&p, 1, 0, Shard::ALL).unwrap_err().to_string();
+        assert!(e.contains("line 4: empty prompt"), "{e}");
+        std::fs::write(&p, "id,prompt\na1,\"two\nlines\"\na2,x\n").unwrap();
+        let j = jobs_from_csv(&p, 1, 0, Shard::ALL).unwrap();
+        assert_eq!(j.iter().map(|j| j.prompt.as_str()).collect::<Vec<_>>(), ["two\nlines", "x"]);
+        std::fs::remove_dir_all(&d).ok();
     }
 }

@@ -6,7 +6,14 @@
 //!   (the cross product of the two ImageOrientationPatient vectors).
 //! - The in-plane spacing comes from PixelSpacing, the slice spacing from the slice positions
 //!   (never from SliceThickness, which is the reconstructed thickness, not the distance).
-//! - RescaleSlope / RescaleIntercept are applied per slice, so the volume is in HU.
+//! - RescaleSlope / RescaleIntercept are applied per slice, so the volume is in HU; a slope of
+//!   0 (or one that is not a finite number) is refused, as it would flatten the series.
+//! - Objects without pixel data that are not image slices (structured reports, presentation
+//!   states, ...) are skipped and listed in [`DicomInfo::skipped`]; a file that starts like DICOM
+//!   but cannot be read (e.g. a truncated slice) refuses the series and is named, rather than
+//!   being dropped and leaving a gap blamed on its neighbour. A real gap names the two slices
+//!   around it.
+//! - Multi-frame objects (NumberOfFrames > 1) are refused, with the size check first.
 //! - DICOM's world is LPS+; the affine is converted to NIfTI's RAS+ by negating x and y.
 //!
 //! Only uncompressed transfer syntaxes are read (explicit/implicit VR little endian and
@@ -58,6 +65,16 @@ struct Slice {
 fn floats(obj: &DefaultDicomObject, tag: Tag, name: &str, path: &Path) -> Result<Vec<f64>> {
     let e = obj.element(tag).map_err(|_| IoError::format(path, format!("missing {name}")))?;
     e.value().to_multi_float64().map_err(|e| IoError::format(path, format!("{name} is not numeric: {e}")))
+}
+
+/// A rescale value: `None` when absent; an error when present but not a finite number.
+fn rescale_value(obj: &DefaultDicomObject, tag: Tag, name: &str, path: &Path) -> Result<Option<f64>> {
+    let Ok(e) = obj.element(tag) else { return Ok(None) };
+    let shown = e.value().to_str().map(|s| s.trim().to_string()).unwrap_or_default();
+    match e.value().to_float64() {
+        Ok(v) if v.is_finite() => Ok(Some(v)),
+        _ => Err(IoError::format(path, format!("{name} {shown:?} is not a finite number"))),
+    }
 }
 
 fn opt_float(obj: &DefaultDicomObject, tag: Tag) -> Option<f64> {
@@ -113,8 +130,12 @@ fn read_slice(path: &Path, obj: &DefaultDicomObject, limits: &Limits) -> Result<
     if ipp.len() != 3 || ipp.iter().any(|v| !v.is_finite()) {
         return Err(IoError::format(path, format!("ImagePositionPatient {ipp:?} is not 3 numbers")));
     }
-    let slope = opt_float(obj, tags::RESCALE_SLOPE).unwrap_or(1.0);
-    let intercept = opt_float(obj, tags::RESCALE_INTERCEPT).unwrap_or(0.0);
+    // Absent: the identity (older objects). Present: a finite number, and a slope that is not 0.
+    let slope = rescale_value(obj, tags::RESCALE_SLOPE, "RescaleSlope", path)?.unwrap_or(1.0);
+    let intercept = rescale_value(obj, tags::RESCALE_INTERCEPT, "RescaleIntercept", path)?.unwrap_or(0.0);
+    if slope == 0.0 {
+        return Err(IoError::format(path, "RescaleSlope is 0: every voxel would be the intercept"));
+    }
     let px = obj.element(tags::PIXEL_DATA).map_err(|_| IoError::format(path, "missing PixelData"))?;
     let bytes = px.value().to_bytes().map_err(|e| IoError::format(path, format!("PixelData unreadable: {e}")))?;
     let n = rows * cols;
@@ -123,6 +144,32 @@ fn read_slice(path: &Path, obj: &DefaultDicomObject, limits: &Limits) -> Result<
         16 => 2,
         _ => return Err(IoError::format(path, format!("BitsAllocated {bits} is not supported (8 or 16)"))),
     };
+    if obj.element(tags::NUMBER_OF_FRAMES).is_ok() {
+        let frames = int(obj, tags::NUMBER_OF_FRAMES, "NumberOfFrames", path)?;
+        if frames < 1 {
+            return Err(IoError::format(path, format!("NumberOfFrames {frames} is not positive")));
+        }
+        let need = (frames as u128) * (n * bpp) as u128;
+        if (bytes.len() as u128) < need {
+            return Err(IoError::format(
+                path,
+                format!(
+                    "NumberOfFrames {frames} of {rows} x {cols} x {bits} bits needs {need} bytes of PixelData, \
+                     it has {} (truncated, or a wrong NumberOfFrames)",
+                    bytes.len()
+                ),
+            ));
+        }
+        if frames > 1 {
+            return Err(IoError::format(
+                path,
+                format!(
+                    "a multi-frame image ({frames} frames) is not supported: only series of one slice per file \
+                     (convert it, e.g. with dcm2niix to NIfTI)"
+                ),
+            ));
+        }
+    }
     if bytes.len() < n * bpp {
         return Err(IoError::format(
             path,
@@ -160,10 +207,14 @@ fn read_slice(path: &Path, obj: &DefaultDicomObject, limits: &Limits) -> Result<
     })
 }
 
-/// List the series in a folder (files directly inside it).
+/// List the series in a folder (files directly inside it): the image series, and the files
+/// skipped with the reason (not DICOM, not an image, or DICOM that cannot be read).
 pub fn list_series(dir: &Path) -> Result<(Vec<SeriesSummary>, Vec<(PathBuf, String)>)> {
-    let (groups, skipped) = scan(dir)?;
-    Ok((groups.into_iter().map(|(uid, (desc, files))| summary(uid, desc, files.len())).collect(), skipped))
+    let s = scan(dir)?;
+    let mut skipped = s.skipped;
+    skipped.extend(s.broken);
+    skipped.sort();
+    Ok((s.groups.into_iter().map(|(uid, (desc, files))| summary(uid, desc, files.len())).collect(), skipped))
 }
 
 fn summary(series_uid: String, description: String, slices: usize) -> SeriesSummary {
@@ -172,12 +223,50 @@ fn summary(series_uid: String, description: String, slices: usize) -> SeriesSumm
 
 type Groups = BTreeMap<String, (String, Vec<(PathBuf, DefaultDicomObject)>)>;
 
-fn scan(dir: &Path) -> Result<(Groups, Vec<(PathBuf, String)>)> {
+/// What a folder holds.
+struct Scan {
+    /// Image objects by SeriesInstanceUID.
+    groups: Groups,
+    /// Files that are not DICOM, or DICOM objects that are not images, with the reason.
+    skipped: Vec<(PathBuf, String)>,
+    /// Files that start like DICOM (the `DICM` marker) but cannot be read: truncated or corrupt.
+    broken: Vec<(PathBuf, String)>,
+}
+
+/// Whether the file carries the DICOM Part 10 marker (`DICM` after the 128-byte preamble).
+fn has_dicm_marker(p: &Path) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 132];
+    std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut b)).is_ok() && &b[128..] == b"DICM"
+}
+
+/// A DICOM object that holds no image: no PixelData and no Rows (a structured report, a key
+/// object selection, a presentation state, ...). A slice that lost its PixelData still has Rows
+/// and is refused by [`read_slice`] instead.
+fn non_image_reason(obj: &DefaultDicomObject) -> Option<String> {
+    if obj.element(tags::PIXEL_DATA).is_ok() || obj.element(tags::ROWS).is_ok() {
+        return None;
+    }
+    let mut class = string(obj, tags::SOP_CLASS_UID);
+    if class.is_empty() {
+        class = obj.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string();
+    }
+    let kind = if class.starts_with("1.2.840.10008.5.1.4.1.1.88.") {
+        " (a structured report)"
+    } else if class.starts_with("1.2.840.10008.5.1.4.1.1.11.") {
+        " (a presentation state)"
+    } else {
+        ""
+    };
+    Some(format!("not an image: SOP class {class}{kind}, no PixelData"))
+}
+
+fn scan(dir: &Path) -> Result<Scan> {
     let rd = std::fs::read_dir(dir).map_err(|e| IoError::os(dir, e))?;
     let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
     paths.sort();
     let mut groups: Groups = BTreeMap::new();
-    let mut skipped = Vec::new();
+    let (mut skipped, mut broken) = (Vec::new(), Vec::new());
     for p in paths {
         let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         if size > (1 << 30) {
@@ -186,22 +275,49 @@ fn scan(dir: &Path) -> Result<(Groups, Vec<(PathBuf, String)>)> {
         }
         match open_file(&p) {
             Ok(obj) => {
+                if let Some(why) = non_image_reason(&obj) {
+                    skipped.push((p, why));
+                    continue;
+                }
                 let uid = string(&obj, tags::SERIES_INSTANCE_UID);
                 let desc = string(&obj, tags::SERIES_DESCRIPTION);
                 groups.entry(uid).or_insert_with(|| (desc, Vec::new())).1.push((p, obj));
             }
+            Err(e) if has_dicm_marker(&p) => {
+                broken.push((p, format!("a DICOM file that cannot be read (truncated or corrupt?): {e}")))
+            }
             Err(e) => skipped.push((p, format!("not a readable DICOM file: {e}"))),
         }
     }
-    Ok((groups, skipped))
+    Ok(Scan { groups, skipped, broken })
 }
 
 /// Read one CT series from a folder. With several series in the folder, `series_uid` picks
 /// one; without it the call fails and lists them.
 pub fn read_dicom_series(dir: &Path, series_uid: Option<&str>, limits: &Limits) -> Result<(Volume, DicomInfo)> {
-    let (mut groups, skipped) = scan(dir)?;
+    let Scan { mut groups, skipped, broken } = scan(dir)?;
+    // A slice that cannot be read must not vanish: the series would be read without it.
+    if let Some((p, why)) = broken.first() {
+        let more = if broken.len() > 1 {
+            format!(" ({} such files in {})", broken.len(), dir.display())
+        } else {
+            String::new()
+        };
+        return Err(IoError::format(
+            p,
+            format!("{why}{more}; repair or remove it (a missing slice would leave a gap in the volume)"),
+        ));
+    }
     if groups.is_empty() {
-        return Err(IoError::format(dir, format!("no DICOM files found ({} other files)", skipped.len())));
+        let why = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}",
+                skipped.iter().map(|(p, w)| format!("{} ({w})", p.display())).take(3).collect::<Vec<_>>().join("; ")
+            )
+        };
+        return Err(IoError::format(dir, format!("no DICOM image files found ({} other file(s){why})", skipped.len())));
     }
     let uid = match series_uid {
         Some(u) => {
@@ -237,6 +353,10 @@ fn list(groups: &Groups) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
@@ -290,12 +410,23 @@ fn assemble(dir: &Path, mut slices: Vec<Slice>, limits: &Limits) -> Result<(Volu
             ));
         }
         let mean = (pos[pos.len() - 1] - pos[0]) / (pos.len() - 1) as f64;
-        if let Some(i) = diffs.iter().position(|d| (d - mean).abs() > 0.01 * mean.max(0.1) + 0.01) {
+        // The usual step is the (lower) median, so that one gap is blamed on the two slices
+        // around it rather than on whichever step first differs from the mean.
+        let mut sorted = diffs.clone();
+        sorted.sort_by(f64::total_cmp);
+        let usual = sorted[(sorted.len() - 1) / 2];
+        let worst = (0..diffs.len()).max_by(|&a, &b| (diffs[a] - usual).abs().total_cmp(&(diffs[b] - usual).abs()));
+        if let Some(i) = worst.filter(|&i| (diffs[i] - usual).abs() > 0.01 * usual.max(0.1) + 0.01) {
             return Err(IoError::format(
-                &slices[i + 1].path,
+                dir,
                 format!(
-                    "inconsistent geometry: slice gap {:.3} mm where the series averages {:.3} mm (missing slice?)",
-                    diffs[i], mean
+                    "inconsistent geometry: slice gap {:.3} mm between {} and {} where the other slices are \
+                     {:.3} mm apart ({})",
+                    diffs[i],
+                    file_name(&slices[i].path),
+                    file_name(&slices[i + 1].path),
+                    usual,
+                    if diffs[i] > usual { "a missing slice?" } else { "an extra slice?" }
                 ),
             ));
         }
@@ -349,10 +480,9 @@ pub(crate) mod tests {
     use dicom_dictionary_std::uids;
     use dicom_object::{meta::FileMetaTableBuilder, InMemDicomObject};
 
-    /// Write one CT slice. `pixels` are stored values (u16), row-major (rows x cols).
+    /// One CT slice. `pixels` are stored values (u16), row-major (rows x cols).
     #[allow(clippy::too_many_arguments)]
-    pub fn write_slice(
-        path: &Path,
+    pub fn slice_object(
         series: &str,
         rows: u16,
         cols: u16,
@@ -361,11 +491,11 @@ pub(crate) mod tests {
         ipp: [f64; 3],
         pixels: &[u16],
         intercept: f64,
-    ) {
+    ) -> InMemDicomObject {
         let ds = |v: &[f64]| v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join("\\");
         let sop = format!("2.25.{}", (ipp[2].abs() * 1000.0) as u64 + 7 + rows as u64);
         let bytes: Vec<u8> = pixels.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let obj = InMemDicomObject::from_element_iter([
+        InMemDicomObject::from_element_iter([
             DataElement::new(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE),
             DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, sop.as_str()),
             DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, series),
@@ -383,9 +513,29 @@ pub(crate) mod tests {
             DataElement::new(tags::RESCALE_SLOPE, VR::DS, "1"),
             DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, format!("{intercept}").as_str()),
             DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U8(bytes.into())),
-        ]);
+        ])
+    }
+
+    /// Save an object as a Part 10 file (explicit VR little endian).
+    pub fn save(obj: InMemDicomObject, path: &Path) {
         let file = obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)).unwrap();
         file.write_to_file(path).unwrap();
+    }
+
+    /// Write one CT slice (see [`slice_object`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_slice(
+        path: &Path,
+        series: &str,
+        rows: u16,
+        cols: u16,
+        ps: [f64; 2],
+        iop: [f64; 6],
+        ipp: [f64; 3],
+        pixels: &[u16],
+        intercept: f64,
+    ) {
+        save(slice_object(series, rows, cols, ps, iop, ipp, pixels, intercept), path);
     }
 
     fn tmpdir(name: &str) -> PathBuf {
@@ -445,11 +595,13 @@ pub(crate) mod tests {
         assert!(e.contains("2 series") && e.contains("1.1") && e.contains("2.2"), "{e}");
         let (v, _) = read_dicom_series(&m, Some("2.2"), &Limits::default()).unwrap();
         assert_eq!(v.dims(), [3, 4, 2]);
-        // A missing slice (gap) is reported.
+        // A missing slice (gap) is reported with the two slices around it (z 2 and 4: the
+        // files written 3rd and 4th, slice_00 and slice_01 by write_series' shuffled names).
         let g = d.join("gap").tap();
         write_series(&g, 4, &[0.0, 1.0, 2.0, 4.0], "1.1");
         let e = read_dicom_series(&g, None, &Limits::default()).unwrap_err().to_string();
-        assert!(e.contains("inconsistent geometry") && e.contains("gap"), "{e}");
+        assert!(e.contains("inconsistent geometry") && e.contains("gap 2.000 mm"), "{e}");
+        assert!(e.contains("between slice_02.dcm and slice_01.dcm"), "{e}");
         // Duplicate positions.
         let g = d.join("dup").tap();
         write_series(&g, 3, &[0.0, 1.0, 1.0], "1.1");
@@ -464,6 +616,99 @@ pub(crate) mod tests {
         // Empty folder.
         let e = read_dicom_series(&d.join("empty").tap(), None, &Limits::default()).unwrap_err().to_string();
         assert!(e.contains("no DICOM"), "{e}");
+    }
+
+    /// Issue 21 item 4: a slope of 0 turned the series into a flat -1024 HU, exit 0.
+    #[test]
+    fn rescale_slope_zero_or_not_a_number_is_refused() {
+        let d = tmpdir("slope");
+        for (name, slope) in [("zero", "0"), ("text", "abc")] {
+            let g = d.join(name).tap();
+            write_series(&g, 2, &[0.0, 1.0], "1.1");
+            let mut o = slice_object("1.1", 4, 3, [0.6, 0.8], IOP, [-50.0, -60.0, 2.0], &[1000; 12], -1024.0);
+            o.put(DataElement::new(tags::RESCALE_SLOPE, VR::DS, slope));
+            save(o, &g.join("odd.dcm"));
+            let e = read_dicom_series(&g, None, &Limits::default()).unwrap_err().to_string();
+            assert!(e.contains("odd.dcm") && e.contains("RescaleSlope"), "{e}");
+        }
+    }
+
+    /// Issue 21 item 4: a truncated slice was skipped as "not DICOM" and the resulting gap was
+    /// blamed on a normal slice. The truncated file is named.
+    #[test]
+    fn truncated_slice_is_named() {
+        let d = tmpdir("trunc");
+        write_series(&d, 4, &[0.0, 1.0, 2.0, 3.0], "1.1");
+        // slice_03.dcm holds z = 1 (write_series: name (k * 7) % 4 for slice k).
+        let p = d.join("slice_03.dcm");
+        let b = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+        let e = read_dicom_series(&d, None, &Limits::default()).unwrap_err().to_string();
+        assert!(e.contains("slice_03.dcm") && e.contains("truncated"), "{e}");
+        assert!(!e.contains("slice gap"), "{e}");
+        // A file that is not DICOM at all is still only skipped.
+        std::fs::write(&p, b"not dicom").unwrap();
+        let e = read_dicom_series(&d, None, &Limits::default()).unwrap_err().to_string();
+        assert!(e.contains("gap") && e.contains("between"), "{e}");
+    }
+
+    /// Issue 21 item 4: NumberOfFrames larger than the pixel data was read as one slice.
+    #[test]
+    fn number_of_frames_is_checked() {
+        let d = tmpdir("frames");
+        let g = d.join("short").tap();
+        let mut o = slice_object("1.1", 4, 3, [0.6, 0.8], IOP, [-50.0, -60.0, 0.0], &[1000; 12], -1024.0);
+        o.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, "3"));
+        save(o, &g.join("mf.dcm"));
+        let e = read_dicom_series(&g, None, &Limits::default()).unwrap_err().to_string();
+        assert!(e.contains("mf.dcm") && e.contains("NumberOfFrames 3") && e.contains("72 bytes"), "{e}");
+        // Frames that are all there: a multi-frame image, refused as such.
+        let g = d.join("multi").tap();
+        let mut o = slice_object("1.1", 4, 3, [0.6, 0.8], IOP, [-50.0, -60.0, 0.0], &[1000; 36], -1024.0);
+        o.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, "3"));
+        save(o, &g.join("mf.dcm"));
+        let e = read_dicom_series(&g, None, &Limits::default()).unwrap_err().to_string();
+        assert!(e.contains("multi-frame") && e.contains("3 frames"), "{e}");
+        // NumberOfFrames 1 is an ordinary slice.
+        let g = d.join("one").tap();
+        write_series(&g, 2, &[0.0, 1.0], "1.1");
+        let mut o = slice_object("1.1", 4, 3, [0.6, 0.8], IOP, [-50.0, -60.0, 2.0], &[1000; 12], -1024.0);
+        o.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, "1"));
+        save(o, &g.join("f1.dcm"));
+        assert_eq!(read_dicom_series(&g, None, &Limits::default()).unwrap().0.dims(), [3, 4, 3]);
+    }
+
+    /// Issue 21 item 4: one structured report in a series folder failed the whole folder.
+    #[test]
+    fn non_image_objects_are_skipped() {
+        let d = tmpdir("sr");
+        write_series(&d, 3, &[0.0, 1.0, 2.0], "1.1");
+        let sr = InMemDicomObject::from_element_iter([
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.88.33"),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "2.25.99"),
+            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, "1.1"),
+            DataElement::new(tags::MODALITY, VR::CS, "SR"),
+        ]);
+        save(sr, &d.join("report.dcm"));
+        let (v, info) = read_dicom_series(&d, None, &Limits::default()).unwrap();
+        assert_eq!(v.dims(), [3, 4, 3]);
+        let (p, why) = info.skipped.iter().find(|(p, _)| p.ends_with("report.dcm")).unwrap();
+        assert!(why.contains("not an image") && why.contains("structured report"), "{p:?}: {why}");
+        // ... and in its own series it does not make the folder ambiguous.
+        let sr2 = InMemDicomObject::from_element_iter([
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.88.22"),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "2.25.98"),
+            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, "7.7"),
+        ]);
+        save(sr2, &d.join("report2.dcm"));
+        assert!(read_dicom_series(&d, None, &Limits::default()).is_ok());
+        let (series, _) = list_series(&d).unwrap();
+        assert_eq!(series.len(), 1);
+        // A folder of reports only: no image, said so.
+        let only = d.join("only").tap();
+        std::fs::copy(d.join("report.dcm"), only.join("report.dcm")).unwrap();
+        let e = read_dicom_series(&only, None, &Limits::default()).unwrap_err().to_string();
+        assert!(e.contains("no DICOM image") && e.contains("structured report"), "{e}");
     }
 
     trait Tap {

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use text2ct_io::dicom_io::read_dicom_series;
 use text2ct_io::nifti_io::read_nifti;
 use text2ct_io::{Limits, Volume};
 
@@ -58,7 +57,7 @@ fn stats(v: &Volume) -> Stats {
 
 pub fn run(a: InspectArgs) -> Result<()> {
     let (vol, header): (Volume, serde_json::Value) = if a.file.is_dir() {
-        let (v, info) = read_dicom_series(&a.file, a.series.as_deref(), &Limits::default())?;
+        let (v, info) = crate::util::read_dicom(&a.file, a.series.as_deref())?;
         (v, serde_json::to_value(&info)?)
     } else {
         let (v, info) = read_nifti(&a.file, &Limits::default())?;

@@ -2,6 +2,12 @@
 
 use std::path::Path;
 
+use dicom_core::{DataElement, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{open_file, InMemDicomObject};
+use text2ct_io::dicom_write::{write_dicom_series, DicomSeriesInfo};
+use text2ct_io::{Affine, Volume};
+
 use crate::{check_all, s, scratch, setup, Case};
 
 /// Split one CSV line (quotes hold commas; the phantom's metadata has no doubled quotes).
@@ -103,7 +109,100 @@ pub fn cases() -> Vec<Case> {
             .mentions("no row in the metadata CSV")
             .writes_nothing_at(d.join("no-meta-row-out/volumes/train_1_a_1.npy")),
     );
+
+    // Issue 21 item 2: an unterminated quote swallowed the next row into the prompt, exit 0.
+    let bad = d.join("unterminated.csv");
+    std::fs::write(
+        &bad,
+        "id,prompt\na1,\"Findings: Left pleural effusion.\na2,\"Findings: Cardiomegaly.\"\na3,\"Findings: Nodule.\"\n",
+    )
+    .unwrap();
+    let gen_out = d.join("gen-out");
+    cases.push(
+        Case::new(
+            "generate-reports-unterminated-quote",
+            &["generate", "--model", &s(&d.join("no-model")), "--reports", &s(&bad), "--out", &s(&gen_out)],
+        )
+        .mentions("unterminated.csv")
+        .mentions("line 3")
+        .writes_nothing_at(&gen_out),
+    );
+    let never = d.join("never-closed.csv");
+    std::fs::write(&never, "id,prompt\na1,ok\na2,\"Findings: effusion.\na3,more\n").unwrap();
+    cases.push(
+        Case::new(
+            "generate-reports-quote-never-closed",
+            &["generate", "--model", &s(&d.join("no-model")), "--reports", &s(&never), "--out", &s(&gen_out)],
+        )
+        .mentions("never-closed.csv")
+        .mentions("line 3")
+        .writes_nothing_at(&gen_out),
+    );
+    // The same in CT-RATE's reports CSV: `prepare ctrate` refuses the file.
+    let r = d.join("reports-quote");
+    phantom(&r);
+    let rp = r.join("dataset/radiology_text_reports/train_reports.csv");
+    let text = std::fs::read_to_string(&rp).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(1, "train_9_a_1.nii.gz,c,t,\"Findings: effusion.,Impression.");
+    std::fs::write(&rp, lines.join("\n") + "\n").unwrap();
+    let (root, out) = (s(&r), s(&d.join("reports-quote-out")));
+    cases.push(
+        Case::new("prepare-reports-unterminated-quote", &prepare(&root, &out))
+            .mentions("train_reports.csv")
+            .mentions("line ")
+            .writes_nothing_at(d.join("reports-quote-out/volumes")),
+    );
+
+    // Issue 21 item 4: DICOM series folders read by `inspect` (the reader every command uses).
+    // A slope of 0 flattened the series to -1024 HU, exit 0.
+    let dcm = d.join("dicom-slope0");
+    dicom_series(&dcm);
+    edit_dicom(&dcm.join("IM0003.dcm"), DataElement::new(tags::RESCALE_SLOPE, VR::DS, "0"));
+    cases.push(
+        Case::new("dicom-rescale-slope-0", &["inspect", &s(&dcm)]).mentions("IM0003.dcm").mentions("RescaleSlope"),
+    );
+    // A truncated slice was skipped and a normal neighbour blamed for the gap.
+    let dcm = d.join("dicom-truncated");
+    dicom_series(&dcm);
+    let b = std::fs::read(dcm.join("IM0002.dcm")).unwrap();
+    std::fs::write(dcm.join("IM0002.dcm"), &b[..b.len() - 20]).unwrap();
+    cases.push(Case::new("dicom-truncated-slice", &["inspect", &s(&dcm)]).mentions("IM0002.dcm").mentions("truncated"));
+    // A real gap (a slice removed) names the two slices around it.
+    let dcm = d.join("dicom-gap");
+    dicom_series(&dcm);
+    std::fs::remove_file(dcm.join("IM0003.dcm")).unwrap();
+    cases.push(Case::new("dicom-gap", &["inspect", &s(&dcm)]).mentions("between IM0002.dcm and IM0004.dcm"));
+    // NumberOfFrames larger than the pixel data was read as one slice.
+    let dcm = d.join("dicom-frames");
+    dicom_series(&dcm);
+    edit_dicom(&dcm.join("IM0001.dcm"), DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, "40"));
+    cases.push(
+        Case::new("dicom-number-of-frames", &["inspect", &s(&dcm)])
+            .mentions("IM0001.dcm")
+            .mentions("NumberOfFrames 40"),
+    );
     cases
+}
+
+/// A 6 x 5 x 4 CT series (IM0001.dcm … IM0004.dcm) written by text2ct's own DICOM writer.
+fn dicom_series(dir: &Path) {
+    let a = Affine::from_spacing_origin([0.8, 0.8, 2.5], [0.0; 3]).unwrap();
+    let v = Volume::from_fn([6, 5, 4], a, |x, y, z| (x + 10 * y + 100 * z) as f32 - 1000.0).unwrap();
+    let info = DicomSeriesInfo {
+        series_description: "hostile".into(),
+        image_comments: "hostile".into(),
+        patient_id: "hostile".into(),
+        uid_key: "hostile".into(),
+    };
+    write_dicom_series(&v, dir, &info).unwrap();
+}
+
+/// Put `e` into the DICOM file at `p` (replacing the element of that tag).
+fn edit_dicom(p: &Path, e: DataElement<InMemDicomObject>) {
+    let mut obj = open_file(p).unwrap();
+    obj.put(e);
+    obj.write_to_file(p).unwrap();
 }
 
 #[test]

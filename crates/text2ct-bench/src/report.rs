@@ -617,22 +617,8 @@ pub fn git_commit() -> (Option<String>, Option<bool>) {
     (commit, dirty)
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time.
-pub fn utc_string(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
+/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (text2ct-io's, used by the DICOM writer too).
+pub use text2ct_io::utc_string;
 
 /// A failed section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,9 @@ use text2ct_models::burn::tensor::Device;
 use text2ct_models::{Clip3d, Clip3dConfig, ClipTextConfig, CtVitConfig, NpyArray, RawTensor, StateDict};
 use text2ct_text::ClipTokenizer;
 
+#[path = "common/hf_clip.rs"]
+mod hf_clip;
+
 /// Run `text2ct ARGS`; Ok(stderr) on success, Err(stderr) when it exits 1.
 fn run(args: &[&str]) -> Result<String, String> {
     let o = Command::new(env!("CARGO_BIN_EXE_text2ct")).args(args).output().map_err(|e| e.to_string())?;
@@ -129,6 +132,42 @@ fn embed_text_one_text_and_reports() {
         serde_json::from_str(&std::fs::read_to_string(d.join("reports.json")).unwrap()).unwrap();
     assert_eq!(side["ids"], serde_json::json!(["valid_1_a_1", "valid_2_a_1"]));
     assert_eq!(side["truncated"], serde_json::json!(["valid_2_a_1"]));
+}
+
+/// A CLIP as a current transformers saves it (config.json with its extra keys and a 2D vision
+/// config, no `position_ids`) embeds through `clip embed-text` and `text embed` exactly as the
+/// encoder it came from; a stored `position_ids` that is not `arange` is refused by both.
+#[test]
+fn embed_text_reads_a_current_transformers_clip() {
+    let d = tmp("hf");
+    let (c, w, enc) = hf_clip::write(&d.join("ok"), None);
+    let text = "Findings: Bilateral pleural effusion. Impression: Effusion.";
+    let tok = ClipTokenizer::default_embedded().unwrap();
+    let (ids, _) = tok.encode_padded(text, 512);
+    let want = enc.encode_ids(&[ids]).unwrap().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    let cmds = |c: &Path, w: &Path, out: &Path| -> [Vec<String>; 2] {
+        let common = ["--config", s(c), "--weights", s(w), "--text", text, "--output", s(out)];
+        [
+            ["clip", "embed-text"].iter().chain(&common).map(|x| x.to_string()).collect(),
+            ["text", "embed", "--encoder", "clip3d"].iter().chain(&common).map(|x| x.to_string()).collect(),
+        ]
+    };
+    for (i, args) in cmds(&c, &w, &d.join("out.npy")).iter().enumerate() {
+        let out = d.join(format!("out{i}.npy"));
+        let mut args = args.clone();
+        *args.last_mut().unwrap() = s(&out).to_string();
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        let got = NpyArray::read(&out).unwrap();
+        assert_eq!(got.shape, vec![1, hf_clip::PROJ], "{args:?}");
+        assert!(rel_l2(&got.data, &want) < 1e-6, "{args:?}");
+    }
+    let (c, w, _) = hf_clip::write(&d.join("bad"), Some(hf_clip::swapped_positions()));
+    let out = d.join("bad.npy");
+    for args in cmds(&c, &w, &out) {
+        let e = run(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_err();
+        assert!(e.contains(s(&w)) && e.contains("text_model.embeddings.position_ids is not 0, 1, ..., 511"), "{e}");
+        assert!(!out.exists());
+    }
 }
 
 #[test]

@@ -206,6 +206,23 @@ fn generate_uses_the_embedded_default_model() {
         let i = inv.apply(v.affine().apply([x as f64, y as f64, z as f64])).map(|c| c.round() as usize);
         assert_eq!(dv.get(i[0], i[1], i[2]), v.get(x, y, z));
     }
+    // Every slice passes the standard's validator, where dicom3tools is installed.
+    let mut slices: Vec<PathBuf> =
+        std::fs::read_dir(out.join("prompt_seed3_dicom")).unwrap().map(|e| e.unwrap().path()).collect();
+    slices.sort();
+    assert_eq!(slices.len(), nz);
+    for f in &slices {
+        match text2ct_io::dicom_write::dciodvfy(f) {
+            None => {
+                eprintln!("skipped the dciodvfy check: dicom3tools is not installed");
+                break;
+            }
+            Some(p) => {
+                let p = p.unwrap();
+                assert!(p.is_empty(), "dciodvfy {}:\n{}", f.display(), p.join("\n"));
+            }
+        }
+    }
     // A restarted job skips the finished volume but writes a missing DICOM series.
     std::fs::remove_dir_all(out.join("prompt_seed3_dicom")).unwrap();
     let o = generate();

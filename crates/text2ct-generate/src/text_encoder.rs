@@ -61,22 +61,6 @@ impl std::str::FromStr for TextEncoderKind {
     }
 }
 
-/// The CLIP text config from JSON: a `CLIPTextConfig`, or a whole CLIP / CLIP3D config whose `text_config`
-/// block is used (with the top-level `projection_dim` when the block has none).
-pub fn clip_text_config(json: &str) -> Result<ClipTextConfig> {
-    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| err(format!("CLIP config: bad JSON: {e}")))?;
-    let mut text = match v.get("text_config") {
-        Some(t) if t.is_object() => t.clone(),
-        _ => v.clone(),
-    };
-    if text.get("projection_dim").is_none() {
-        if let (Some(p), Some(o)) = (v.get("projection_dim"), text.as_object_mut()) {
-            o.insert("projection_dim".into(), p.clone());
-        }
-    }
-    ClipTextConfig::from_json_str(&text.to_string()).map_err(err)
-}
-
 /// A loaded text encoder with its tokenizer.
 pub enum TextEncoder {
     Clip { enc: ClipTextEncoder, tok: ClipTokenizer },
@@ -112,8 +96,7 @@ impl TextEncoder {
         Ok(TextEncoder::MiniLm { enc, tok })
     }
 
-    /// Load by kind from a config JSON (CLIP: a `CLIPTextConfig`, or an object with `text_config`; MiniLM: a
-    /// `BertConfig`). MiniLM needs `tokenizer`.
+    /// Load by kind from a config JSON (CLIP: see [`ClipTextConfig::from_json_str`]; MiniLM: a `BertConfig`). MiniLM needs `tokenizer`.
     pub fn load(
         kind: TextEncoderKind,
         config_json: &str,
@@ -122,7 +105,9 @@ impl TextEncoder {
         dev: &Device,
     ) -> Result<Self> {
         match kind {
-            TextEncoderKind::Clip3d => Self::load_clip(&clip_text_config(config_json)?, weights, dev),
+            TextEncoderKind::Clip3d => {
+                Self::load_clip(&ClipTextConfig::from_json_str(config_json).map_err(err)?, weights, dev)
+            }
             TextEncoderKind::Minilm => {
                 let cfg = MiniLmConfig::from_json_str(config_json).map_err(err)?;
                 let tok = tokenizer.ok_or_else(|| err("the minilm text encoder needs a tokenizer.json"))?;

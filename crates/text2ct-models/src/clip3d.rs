@@ -19,7 +19,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::blocks::{InitSource, ParamKind, ParamSource, StateDictSource};
-use crate::clip_text::{l2_normalize, linear, ClipTextConfig, ClipTextEncoder, Export, CLIP_TEXT_ANCHOR_KEY};
+use crate::clip_text::{
+    l2_normalize, linear, strict_finish, ClipTextConfig, ClipTextEncoder, Export, CLIP_POSITION_IDS_KEY,
+    CLIP_TEXT_ANCHOR_KEY,
+};
 use crate::ctvit::{pool_tokens, CtVit, CtVitConfig};
 use crate::error::{ModelError, Result};
 use crate::weights::StateDict;
@@ -156,35 +159,31 @@ pub struct Clip3d {
 }
 
 impl Clip3d {
-    fn build(
-        cfg: &Clip3dConfig,
-        src: &mut dyn ParamSource,
-        with_vision: bool,
-        fresh: bool,
-        dev: &Device,
-    ) -> std::result::Result<Self, String> {
-        let text = ClipTextEncoder::build(src, &cfg.text_config, cfg.projection_dim, fresh, dev)?;
+    fn build(cfg: &Clip3dConfig, src: &mut dyn ParamSource, with_vision: bool, fresh: bool, dev: &Device) -> Self {
+        let text = ClipTextEncoder::build(src, &cfg.text_config, cfg.projection_dim, dev);
         let vision = with_vision.then(|| ClipVisionEncoder::build(cfg, src, dev));
         let ls = src.take("logit_scale", &[], ParamKind::Zeros);
         let ls = if fresh { vec![cfg.logit_scale_init_value as f32] } else { ls };
         let logit_scale = Param::from_tensor(Tensor::from_data(TensorData::new(ls, [1]), dev));
-        Ok(Clip3d { text, vision, logit_scale })
+        Clip3d { text, vision, logit_scale }
     }
 
     /// Freshly initialised (seeded), both halves.
     pub fn new(cfg: &Clip3dConfig, seed: u64, dev: &Device) -> Result<Self> {
         cfg.validate()?;
         let mut src = InitSource::new(seed);
-        Self::build(cfg, &mut src, true, true, dev).map_err(ModelError::Config)
+        Ok(Self::build(cfg, &mut src, true, true, dev))
     }
 
-    /// Strictly from a state dict with the prefix removed (`text_model.*`, ..., `logit_scale`).
-    pub fn from_state_dict(cfg: &Clip3dConfig, sd: StateDict, dev: &Device, origin: &Path) -> Result<Self> {
+    /// Strictly from a state dict with the prefix removed (`text_model.*`, ..., `logit_scale`;
+    /// `text_model.embeddings.position_ids` optional, `arange` when present).
+    pub fn from_state_dict(cfg: &Clip3dConfig, mut sd: StateDict, dev: &Device, origin: &Path) -> Result<Self> {
         cfg.validate()?;
+        let pid = sd.take_position_ids(CLIP_POSITION_IDS_KEY, cfg.text_config.max_position_embeddings);
         let mut src = StateDictSource::new(sd);
         let m = Self::build(cfg, &mut src, true, false, dev);
-        src.finish().map_err(|e| ModelError::weights(origin, e))?;
-        m.map_err(|e| ModelError::weights(origin, e))
+        strict_finish(src, pid).map_err(|e| ModelError::weights(origin, e))?;
+        Ok(m)
     }
 
     /// Load a CLIP3D checkpoint (`.pt`, keys `model.*` possibly nested/prefixed further, or
@@ -209,14 +208,14 @@ impl Clip3d {
         let keep = |name: &str| !(name.contains("vision_model.") || name.contains("visual_projection."));
         let mut sd = StateDict::read_filtered(path, &keep)?.select_by_anchor(CLIP_TEXT_ANCHOR_KEY, path)?;
         sd.tensors.retain(|k, _| !is_vision_key(k));
+        let pid = sd.take_position_ids(CLIP_POSITION_IDS_KEY, cfg.text_config.max_position_embeddings);
         let has_scale = sd.tensors.contains_key("logit_scale");
         let mut src = StateDictSource::new(sd);
-        let m = Self::build(cfg, &mut src, false, false, dev);
+        let mut m = Self::build(cfg, &mut src, false, false, dev);
         if !has_scale {
             src.missing.retain(|k| !k.starts_with("logit_scale "));
         }
-        src.finish().map_err(|e| ModelError::weights(path, e))?;
-        let mut m = m.map_err(|e| ModelError::weights(path, e))?;
+        strict_finish(src, pid).map_err(|e| ModelError::weights(path, e))?;
         if !has_scale {
             m.logit_scale = Param::from_tensor(Tensor::from_data(
                 TensorData::new(vec![cfg.logit_scale_init_value as f32], [1]),

@@ -2,8 +2,9 @@
 //! vendored by Text2CT) plus the bias-less `text_projection`, exactly as `FrozenCLIP3D.encode_text`
 //! runs them.
 //!
-//! - embeddings: `token_embedding(ids) + position_embedding(position_ids[:, :L])` (`position_ids` is a
-//!   persistent buffer of the checkpoint, `arange(max_position_embeddings)`; its stored values are used).
+//! - embeddings: `token_embedding(ids) + position_embedding(arange(L))`. `position_ids` is a buffer that
+//!   transformers up to 4.30 (Text2CT's checkpoint) save as `arange(max_position_embeddings)` and later
+//!   versions do not save at all: absent is fine, present it must be `arange` (checked when loading).
 //! - `num_hidden_layers` pre-LayerNorm layers: `x = x + out_proj(attn(layer_norm1(x)))`,
 //!   `x = x + fc2(act(fc1(layer_norm2(x))))`; attention with q scaled by `head_dim^-0.5`, q/k/v/out
 //!   projections with bias, the **causal mask always** and no padding mask (Text2CT passes none);
@@ -13,7 +14,7 @@
 //! - `text_projection` (no bias), then division by the L2 norm.
 //!
 //! Key names are those of Text2CT's `CLIP3D_Finding_Impression_30ep.pt` with the `model.` prefix
-//! removed: `text_model.embeddings.{token_embedding.weight, position_embedding.weight, position_ids}`,
+//! removed: `text_model.embeddings.{token_embedding.weight, position_embedding.weight}` (and `position_ids`, optional),
 //! `text_model.encoder.layers.N.{self_attn.{q,k,v,out}_proj, layer_norm1, layer_norm2, mlp.fc1, mlp.fc2}.*`,
 //! `text_model.final_layer_norm.*`, `text_projection.weight`.
 //!
@@ -33,6 +34,8 @@ use crate::weights::{RawTensor, StateDict};
 
 /// A key every CLIP text state dict has (after the prefix), used to find the prefix (`model.`).
 pub const CLIP_TEXT_ANCHOR_KEY: &str = "text_model.embeddings.token_embedding.weight";
+/// The optional `arange` buffer of the position table (see the module docs).
+pub const CLIP_POSITION_IDS_KEY: &str = "text_model.embeddings.position_ids";
 
 fn d_vocab() -> usize {
     49408
@@ -110,11 +113,25 @@ impl ClipTextConfig {
         }
     }
 
-    /// Parse JSON (the fields above; an object holding them under `text_config` also works).
+    /// Parse JSON: a `CLIPTextConfig`, or a whole CLIP config (a [`crate::Clip3dConfig`], or the
+    /// `config.json` transformers writes for a `CLIPModel`) whose `text_config` block is used, with
+    /// the top-level `projection_dim` when there is one (the size of `CLIPModel`'s text projection).
+    /// Other keys (`transformers_version`, `model_type`, `architectures`, `torch_dtype`, token ids,
+    /// `vision_config`, ...) are ignored.
     pub fn from_json_str(s: &str) -> Result<Self> {
         let v: serde_json::Value = serde_json::from_str(s).map_err(|e| ModelError::Config(format!("bad JSON: {e}")))?;
-        let v = v.get("text_config").cloned().unwrap_or(v);
-        let cfg: ClipTextConfig = serde_json::from_value(v).map_err(|e| ModelError::Config(e.to_string()))?;
+        let text = match v.get("text_config") {
+            None => v.clone(),
+            Some(t) if t.is_object() => {
+                let mut t = t.clone();
+                if let (Some(p), Some(o)) = (v.get("projection_dim"), t.as_object_mut()) {
+                    o.insert("projection_dim".into(), p.clone());
+                }
+                t
+            }
+            Some(t) => return Err(ModelError::Config(format!("text_config is {t}, not an object"))),
+        };
+        let cfg: ClipTextConfig = serde_json::from_value(text).map_err(|e| ModelError::Config(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -269,6 +286,19 @@ impl ParamSource for SpecSource {
     }
 }
 
+/// [`StateDictSource::finish`] with the result of [`StateDict::take_position_ids`]: one message
+/// naming every problem.
+pub(crate) fn strict_finish(
+    src: StateDictSource,
+    position_ids: std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    match (src.finish(), position_ids) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(m), Ok(())) | (Ok(()), Err(m)) => Err(m),
+        (Err(a), Err(b)) => Err(format!("{a}\n  {b}")),
+    }
+}
+
 /// Divide each row by its L2 norm (`z / torch.norm(z, dim=-1, keepdim=True)`; the norm is floored
 /// at 1e-12 so that a zero row gives zeros, not NaN).
 pub fn l2_normalize<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -351,45 +381,27 @@ impl ClipEncoderLayer {
 pub struct ClipTextTransformer {
     pub token_embedding: Embedding,
     pub position_embedding: Embedding,
-    /// The `position_ids` buffer `[1, max_position_embeddings]` (a constant, not trained).
+    /// The `position_ids` buffer `[1, max_position_embeddings]`: `arange`, a constant, not trained.
     pub position_ids: Tensor<2, Int>,
     pub layers: Vec<ClipEncoderLayer>,
     pub final_layer_norm: LayerNorm,
 }
 
 impl ClipTextTransformer {
-    /// Build from a source (keys under `key`, e.g. `text_model`). `position_ids` are read from the
-    /// source and checked (`Err(message)` when a value is not an index into the position table);
-    /// with `fresh_positions` they are `arange` instead (fresh models).
-    pub(crate) fn build(
-        src: &mut dyn ParamSource,
-        key: &str,
-        cfg: &ClipTextConfig,
-        fresh_positions: bool,
-        dev: &Device,
-    ) -> std::result::Result<Self, String> {
+    /// Build from a source (keys under `key`, e.g. `text_model`). The source is not asked for
+    /// `position_ids` (always `arange`; a state dict's copy is checked and removed first, with
+    /// [`StateDict::take_position_ids`]).
+    pub(crate) fn build(src: &mut dyn ParamSource, key: &str, cfg: &ClipTextConfig, dev: &Device) -> Self {
         let (d, n) = (cfg.hidden_size, cfg.max_position_embeddings);
         let token_embedding = embedding(src, &format!("{key}.embeddings.token_embedding"), cfg.vocab_size, d, dev);
         let position_embedding = embedding(src, &format!("{key}.embeddings.position_embedding"), n, d, dev);
-        let pid = src.take(&format!("{key}.embeddings.position_ids"), &[1, n], ParamKind::Zeros);
-        let pid: Vec<i64> = if fresh_positions {
-            (0..n as i64).collect()
-        } else {
-            let mut out = Vec::with_capacity(n);
-            for (i, &v) in pid.iter().enumerate() {
-                if v.fract() != 0.0 || v < 0.0 || v as usize >= n {
-                    return Err(format!("{key}.embeddings.position_ids[0, {i}] = {v} is not a position in 0..{n}"));
-                }
-                out.push(v as i64);
-            }
-            out
-        };
+        let pid: Vec<i64> = (0..n as i64).collect();
         let position_ids = Tensor::<2, Int>::from_data(TensorData::new(pid, [1, n]), dev);
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| ClipEncoderLayer::build(src, &format!("{key}.encoder.layers.{i}"), cfg, dev))
             .collect();
         let final_layer_norm = LayerNorm::build(src, &format!("{key}.final_layer_norm"), d, cfg.layer_norm_eps, dev);
-        Ok(ClipTextTransformer { token_embedding, position_embedding, position_ids, layers, final_layer_norm })
+        ClipTextTransformer { token_embedding, position_embedding, position_ids, layers, final_layer_norm }
     }
 
     /// Last hidden state `[B, L, D]` (after the final LayerNorm).
@@ -464,33 +476,28 @@ pub struct ClipTextEncoder {
 impl ClipTextEncoder {
     /// Build from a source with Text2CT's key names (no `model.` prefix); `proj_dim` is the CLIP
     /// projection dimension.
-    pub(crate) fn build(
-        src: &mut dyn ParamSource,
-        cfg: &ClipTextConfig,
-        proj_dim: usize,
-        fresh: bool,
-        dev: &Device,
-    ) -> std::result::Result<Self, String> {
-        let text_model = ClipTextTransformer::build(src, "text_model", cfg, fresh, dev)?;
+    pub(crate) fn build(src: &mut dyn ParamSource, cfg: &ClipTextConfig, proj_dim: usize, dev: &Device) -> Self {
+        let text_model = ClipTextTransformer::build(src, "text_model", cfg, dev);
         let text_projection = linear(src, "text_projection", cfg.hidden_size, proj_dim, false, dev);
-        Ok(ClipTextEncoder { text_model, text_projection })
+        ClipTextEncoder { text_model, text_projection }
     }
 
     /// Freshly initialised (seeded) encoder with projection `config.projection_dim`.
     pub fn new(config: &ClipTextConfig, seed: u64, dev: &Device) -> Result<Self> {
         config.validate()?;
         let mut src = InitSource::new(seed);
-        Self::build(&mut src, config, config.projection_dim, true, dev).map_err(ModelError::Config)
+        Ok(Self::build(&mut src, config, config.projection_dim, dev))
     }
 
     /// Strictly from a state dict with keys `text_model.*` and `text_projection.weight` (prefix
-    /// removed) and nothing else.
-    pub fn from_state_dict(config: &ClipTextConfig, sd: StateDict, dev: &Device, origin: &Path) -> Result<Self> {
+    /// removed), optionally `text_model.embeddings.position_ids` (`arange`), and nothing else.
+    pub fn from_state_dict(config: &ClipTextConfig, mut sd: StateDict, dev: &Device, origin: &Path) -> Result<Self> {
         config.validate()?;
+        let pid = sd.take_position_ids(CLIP_POSITION_IDS_KEY, config.max_position_embeddings);
         let mut src = StateDictSource::new(sd);
-        let enc = Self::build(&mut src, config, config.projection_dim, false, dev);
-        src.finish().map_err(|m| ModelError::weights(origin, m))?;
-        enc.map_err(|m| ModelError::weights(origin, m))
+        let enc = Self::build(&mut src, config, config.projection_dim, dev);
+        strict_finish(src, pid).map_err(|m| ModelError::weights(origin, m))?;
+        Ok(enc)
     }
 
     /// Load the text half of a CLIP3D checkpoint (Text2CT's `CLIP3D_Finding_Impression_30ep.pt`,

@@ -286,12 +286,8 @@ impl MiniLm {
         let (d, n) = (config.hidden_size, config.max_position_embeddings);
         let mut problems = Vec::new();
         // Accepted but unused: the position_ids buffer (must be arange) and BERT's pooler.
-        if let Some(t) = sd.tensors.remove("embeddings.position_ids") {
-            if t.shape != [1, n] {
-                problems.push(format!("embeddings.position_ids: file has {:?}, model needs [1, {n}]", t.shape));
-            } else if t.data.iter().enumerate().any(|(i, &v)| v != i as f32) {
-                problems.push("embeddings.position_ids is not 0, 1, 2, ... (this port uses absolute positions)".into());
-            }
+        if let Err(m) = sd.take_position_ids("embeddings.position_ids", n) {
+            problems.push(m);
         }
         for (k, shape) in [("pooler.dense.weight", vec![d, d]), ("pooler.dense.bias", vec![d])] {
             if let Some(t) = sd.tensors.remove(k) {

@@ -150,6 +150,25 @@ impl StateDict {
         atomic_write(path, &out)
     }
 
+    /// Remove the position-ids buffer `key` (`[1, n]`, always `arange(n)` in transformers' BERT and
+    /// CLIP text models, which from transformers 4.31 on no longer save it) and check it: absent
+    /// is fine, present it must be `[1, n]` holding `0, 1, ..., n-1`. `Err` says what is wrong.
+    pub fn take_position_ids(&mut self, key: &str, n: usize) -> std::result::Result<(), String> {
+        let Some(t) = self.tensors.remove(key) else {
+            return Ok(());
+        };
+        if t.shape != [1, n] {
+            return Err(format!("{key}: file has {:?}, model needs [1, {n}]", t.shape));
+        }
+        match t.data.iter().enumerate().find(|(i, &v)| v != *i as f32) {
+            None => Ok(()),
+            Some((i, v)) => Err(format!(
+                "{key} is not 0, 1, ..., {} ({key}[0, {i}] = {v}); this port uses absolute positions",
+                n - 1
+            )),
+        }
+    }
+
     /// Keep only the tensors under the prefix that precedes `anchor` (a key the model certainly
     /// has, e.g. `encoder.blocks.0.conv.conv.weight`), with that prefix removed. With the anchor
     /// present as is, the state dict is returned unchanged. Errors if the anchor is absent or

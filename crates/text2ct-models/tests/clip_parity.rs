@@ -113,6 +113,80 @@ fn text_weights_strict_and_roundtrip() {
     assert!(err.contains("unexpected") && err.contains("text_model.surprise"), "{err}");
 }
 
+/// transformers >= 4.31 saves no `text_model.embeddings.position_ids`: such a file loads and
+/// embeds exactly as one with the buffer; a buffer that is not `arange` is refused naming the file.
+#[test]
+fn position_ids_are_optional_and_checked() {
+    let dev = Device::flex();
+    let dir = fixtures("clip_text");
+    let cfg = ClipTextConfig::from_json_file(&dir.join("config.json")).unwrap();
+    let path = dir.join("clip_text.pt");
+    let with = ClipTextEncoder::load(&cfg, &path, &dev).unwrap();
+    let ids = case_ids(&text_meta(), "short");
+    let want = with.encode_ids(&ids).unwrap().into_data().try_into_vec::<f32>().unwrap();
+    let orig = StateDict::read(&path).unwrap();
+    let key = "model.text_model.embeddings.position_ids";
+    assert!(orig.tensors.contains_key(key), "the transformers 4.30 fixture has the buffer");
+
+    let t = std::env::temp_dir().join(format!("t2ct-clip-pid-{}", std::process::id()));
+    std::fs::create_dir_all(&t).unwrap();
+    // Without the buffer: the same embedding, through both text loaders.
+    let mut sd = orig.clone();
+    sd.tensors.remove(key);
+    let f = t.join("no_pid.safetensors");
+    sd.write_safetensors(&f, None).unwrap();
+    let got = ClipTextEncoder::load(&cfg, &f, &dev).unwrap().encode_ids(&ids).unwrap();
+    assert_eq!(got.into_data().try_into_vec::<f32>().unwrap(), want);
+    let clip = Clip3d::load_text_only(&Clip3dConfig::text_only(cfg.clone()), &f, &dev).unwrap();
+    assert_eq!(clip.text.encode_ids(&ids).unwrap().into_data().try_into_vec::<f32>().unwrap(), want);
+
+    // A buffer that is not arange (positions swapped, or the wrong length) is refused, by name.
+    for (name, edit) in [
+        ("swapped", Box::new(|t: &mut text2ct_models::RawTensor| t.data.swap(0, 1)) as Box<dyn Fn(&mut _)>),
+        (
+            "short",
+            Box::new(|t: &mut text2ct_models::RawTensor| {
+                t.data.pop();
+                t.shape = vec![1, t.data.len()];
+            }),
+        ),
+    ] {
+        let mut sd = orig.clone();
+        edit(sd.tensors.get_mut(key).unwrap());
+        let f = t.join(format!("{name}.safetensors"));
+        sd.write_safetensors(&f, None).unwrap();
+        for e in [
+            ClipTextEncoder::load(&cfg, &f, &dev).unwrap_err().to_string(),
+            Clip3d::load_text_only(&Clip3dConfig::text_only(cfg.clone()), &f, &dev).unwrap_err().to_string(),
+        ] {
+            assert!(e.contains(&f.display().to_string()) && e.contains("text_model.embeddings.position_ids"), "{e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&t);
+}
+
+/// The `config.json` transformers writes for a `CLIPModel`: extra keys, a 2D vision config, and
+/// the text projection's size at the top level (the text block keeps its default 512).
+#[test]
+fn text_config_reads_transformers_clip_config() {
+    let json = r#"{
+      "_name_or_path": "tiny-clip", "architectures": ["CLIPModel"], "initializer_factor": 1.0,
+      "logit_scale_init_value": 2.6592, "model_type": "clip", "projection_dim": 6,
+      "text_config": {
+        "model_type": "clip_text_model", "vocab_size": 49408, "hidden_size": 8, "intermediate_size": 16,
+        "num_attention_heads": 2, "num_hidden_layers": 1, "max_position_embeddings": 512,
+        "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1, "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-05, "attention_dropout": 0.0, "dropout": 0.0, "initializer_range": 0.02,
+        "projection_dim": 512, "torch_dtype": null
+      },
+      "torch_dtype": "float32", "transformers_version": "4.44.2",
+      "vision_config": {"model_type": "clip_vision_model", "hidden_size": 8, "image_size": 32, "patch_size": 16}
+    }"#;
+    let c = ClipTextConfig::from_json_str(json).unwrap();
+    assert_eq!((c.vocab_size, c.hidden_size, c.max_position_embeddings, c.projection_dim), (49408, 8, 512, 6));
+    assert!(ClipTextConfig::from_json_str(r#"{"text_config": 3}"#).unwrap_err().to_string().contains("text_config"));
+}
+
 #[test]
 fn text_encoder_trains_under_autodiff() {
     let dev = Device::flex().autodiff();

@@ -13,9 +13,12 @@
 //!   normalised image embeddings `[N, projection_dim]`.
 //!
 //! Both write `OUT.json` beside the array: the row ids in order (and, for texts, which were
-//! truncated). The config is a [`Clip3dConfig`] JSON (`text_config`, `vision_config`,
-//! `projection_dim`); weights are Text2CT's `CLIP3D_Finding_Impression_30ep.pt` layout
-//! (`model.text_model.*`, `model.vision_model.*`, ...), or a `.safetensors` with those names.
+//! truncated). The config of `embed-volume` is a [`Clip3dConfig`] JSON (`text_config`,
+//! `vision_config`, `projection_dim`); `embed-text` and `export-text` read only its text part, so
+//! they also take a `CLIPTextConfig` or the `config.json` transformers writes for a CLIP (see
+//! [`ClipTextConfig::from_json_str`]). Weights are Text2CT's `CLIP3D_Finding_Impression_30ep.pt`
+//! layout (`model.text_model.*`, `model.vision_model.*`, ...), or a `.safetensors` with those names
+//! (with or without the `model.` prefix, with or without `text_model.embeddings.position_ids`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -25,7 +28,7 @@ use text2ct_data::manifest::{read_manifest, volume_path, MappedVolume};
 use text2ct_io::nifti_io::read_nifti;
 use text2ct_io::Limits;
 use text2ct_models::burn::tensor::{Device, Tensor, TensorData};
-use text2ct_models::{Clip3d, Clip3dConfig, NpyArray};
+use text2ct_models::{Clip3d, Clip3dConfig, ClipTextConfig, NpyArray};
 use text2ct_text::ClipTokenizer;
 
 #[derive(clap::Args, Debug)]
@@ -48,7 +51,7 @@ pub enum ClipCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct ExportTextArgs {
-    /// CLIP3D config JSON.
+    /// CLIP config JSON (CLIP3D, CLIPTextConfig or transformers' CLIP config.json; its text part is read).
     #[arg(long)]
     pub config: PathBuf,
     /// A CLIP3D checkpoint (.pt or .safetensors, keys model.*).
@@ -64,7 +67,7 @@ pub struct ExportTextArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct EmbedTextArgs {
-    /// CLIP3D config JSON (text_config, vision_config, projection_dim).
+    /// CLIP config JSON (CLIP3D, CLIPTextConfig or transformers' CLIP config.json; its text part is read).
     #[arg(long)]
     pub config: PathBuf,
     /// Weights: a CLIP3D checkpoint (.pt, keys model.*) or .safetensors; only the text half is read.
@@ -116,10 +119,10 @@ fn export_text(a: ExportTextArgs) -> anyhow::Result<()> {
     if !a.output.to_string_lossy().to_lowercase().ends_with(".safetensors") {
         bail!("--output must be a .safetensors file, got {}", a.output.display());
     }
-    let cfg = text2ct_models::Clip3dConfig::from_json_file(&a.config)?;
+    let cfg = ClipTextConfig::from_json_file(&a.config)?;
     let dev = text2ct_models::burn::tensor::Device::flex();
     // Load strictly first, so a wrong or partial file is refused with every bad key named.
-    text2ct_models::ClipTextEncoder::load(&cfg.text_config, &a.weights, &dev)?;
+    text2ct_models::ClipTextEncoder::load(&cfg, &a.weights, &dev)?;
     let sd = text2ct_models::StateDict::read(&a.weights)?;
     let mut out = text2ct_models::StateDict::default();
     for (k, t) in sd.tensors {
@@ -134,7 +137,7 @@ fn export_text(a: ExportTextArgs) -> anyhow::Result<()> {
     } else {
         out.write_safetensors(&a.output, None)?;
     }
-    text2ct_models::ClipTextEncoder::load(&cfg.text_config, &a.output, &dev)
+    text2ct_models::ClipTextEncoder::load(&cfg, &a.output, &dev)
         .map_err(|e| anyhow::anyhow!("the written file does not load back: {e}"))?;
     println!("wrote {} ({n} tensors{})", a.output.display(), if a.f16 { ", f16" } else { "" });
     Ok(())
@@ -203,7 +206,7 @@ fn embed_text(a: EmbedTextArgs) -> anyhow::Result<()> {
         bail!("--batch must be at least 1");
     }
     let (ids, texts) = read_texts(a.text.as_deref(), a.reports.as_deref())?;
-    let cfg = Clip3dConfig::from_json_file(&a.config)?;
+    let cfg = Clip3dConfig::text_only(ClipTextConfig::from_json_file(&a.config)?);
     let device = a.device.get()?;
     let t0 = Instant::now();
     let clip = Clip3d::load_text_only(&cfg, &a.weights, &device)?;

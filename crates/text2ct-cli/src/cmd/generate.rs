@@ -266,6 +266,9 @@ fn write_dicom(
         ),
         patient_id: format!("SYNTH-{stem}"),
         uid_key: format!("{}/{stem}", sc.model_hash),
+        created_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     write_dicom_series(&vol, &dir, &info)?;
     Ok(())

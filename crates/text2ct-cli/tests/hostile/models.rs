@@ -1,11 +1,15 @@
 //! Hostile inputs, family `models` (see main.rs): model folders whose card points outside the
-//! folder, weights that are truncated or do not match their configs.
+//! folder, weights that are truncated or do not match their configs, CLIP checkpoints whose
+//! `position_ids` are not `arange`.
 
 use std::path::{Path, PathBuf};
 
 use text2ct_models::StateDict;
 
 use crate::{check_all, s, scratch, Case};
+
+#[path = "../common/hf_clip.rs"]
+mod hf_clip;
 
 /// Text2CT's released layout at toy size (text2ct-generate's fixture): a card with inline
 /// configs and three `.pt` files.
@@ -106,6 +110,21 @@ pub fn cases() -> Vec<Case> {
             .mentions("unet.safetensors")
             .writes_nothing_at(d.join("gen-truncated/prompt_seed0.nii.gz")),
     ];
+    // A CLIP checkpoint as transformers saves it, but with position_ids that are not 0, 1, 2, ...
+    let (hc, hw, _) = hf_clip::write(&d.join("clip-bad-positions"), Some(hf_clip::swapped_positions()));
+    for (name, cmd) in [("clip-embed-text", &["clip", "embed-text"][..]), ("text-embed", &["text", "embed"][..])] {
+        let out = d.join(format!("{name}.npy"));
+        let mut args: Vec<String> = cmd.iter().map(|x| x.to_string()).collect();
+        args.extend(
+            ["--config", &s(&hc), "--weights", &s(&hw), "--text", "effusion", "--output", &s(&out)].map(String::from),
+        );
+        cases.push(
+            case(&format!("{name}-position-ids-not-arange"), args)
+                .mentions(s(&hw))
+                .mentions("text_model.embeddings.position_ids")
+                .writes_nothing_at(out),
+        );
+    }
     if cfg!(unix) {
         cases.push(
             Case::new("model-show-weights-link-out", &["model", "show", &s(&link)])

@@ -2,6 +2,8 @@
 //! weights) on the CPU (`flex`) backend, with a breakdown of where the time goes.
 //!
 //! `cargo run --release -p text2ct-models --example unet_speed -- [X,Y,Z] [repeats] [bandwidth | bf16 | compare]`
+//! (`text2ct bench unet --latent 4,X,Y,Z` times the same forward with the same inputs, without the
+//! breakdown)
 //! (default latent 16,16,8, i.e. input [1, 4, 16, 16, 8]; context [1, 1, 768], class label 1,
 //! spacing [75, 75, 300], t = 500). Compare with `fixtures/time_monai_unet.py` on the same input and
 //! thread count. Peak memory: run it under `/usr/bin/time -v` (without `bandwidth`, which
@@ -19,14 +21,11 @@
 use std::time::Instant;
 
 use burn::tensor::activation::silu;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use text2ct_models::attention::SpatialTransformer;
+use text2ct_models::speed::{self, sync};
 use text2ct_models::unet::UnetResBlock;
-use text2ct_models::{Precision, Unet, UnetCond, UnetConfig};
-
-fn sync<const D: usize>(t: &Tensor<D>) {
-    let _ = t.clone().into_data();
-}
+use text2ct_models::{Precision, Unet, UnetConfig};
 
 #[derive(Default)]
 struct Times {
@@ -106,23 +105,14 @@ fn main() {
     }
     println!(
         "threads: {}; init {:.2} s; params {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        speed::current_threads(),
         t0.elapsed().as_secs_f64(),
         cfg.num_params().expect("spec")
     );
     let [x, y, z] = size;
-    let n = 4 * x * y * z;
-    let data: Vec<f32> = (0..n).map(|i| (((i * 2654435761usize) % 2000) as f32 / 1000.0) - 1.0).collect();
-    let lat = Tensor::<5>::from_data(TensorData::new(data, [1, 4, x, y, z]), &dev);
-    let ctx: Vec<f32> = (0..768).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-    let ctx = Tensor::<3>::from_data(TensorData::new(ctx, [1, 1, 768]), &dev);
-    let cond = UnetCond {
-        context: Some(ctx.clone()),
-        class_labels: Some(Tensor::<1, Int>::from_data(TensorData::new(vec![1i64], [1]), &dev)),
-        spacing: Some(Tensor::<2>::from_data(TensorData::new(vec![75.0f32, 75.0, 300.0], [1, 3]), &dev)),
-        ..Default::default()
-    };
-    let t = Tensor::<1>::from_data(TensorData::new(vec![500.0f32], [1]), &dev);
+    // The inputs of `text2ct bench unet` (and of benchmarks/monai_bench.py).
+    let (lat, t, cond) = speed::unet_inputs(&cfg, [4, x, y, z], 1, &dev).expect("latent size");
+    let ctx = cond.context.clone().expect("the Text2CT U-Net takes a context");
     let mut outputs = Vec::new();
     let precisions = if mode == "compare" { vec![Precision::F32, Precision::Bf16] } else { vec![unet.precision()] };
     for p in precisions {

@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use text2ct_models::speed;
 use text2ct_models::vae::SlidingWindow;
 use text2ct_models::{Vae, VaeConfig};
 
@@ -20,10 +21,13 @@ fn triple(s: &str) -> [usize; 3] {
     [v[0], v[1], v[2]]
 }
 
+/// Resident (`VmRSS:`) or peak (`VmHWM:`) memory in kB, as the lines below print it.
 fn status_kb(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    match key {
+        "VmHWM:" => speed::peak_rss_bytes(),
+        _ => speed::rss_bytes(),
+    }
+    .map(|b| b / 1024)
 }
 
 fn main() {
@@ -35,7 +39,7 @@ fn main() {
     let [x, y, z] = triple(&args[0]);
     let window = triple(&args[1]);
     let overlap: f64 = args.get(2).map(|s| s.parse().expect("overlap")).unwrap_or(0.25);
-    let threads = rayon_threads();
+    let threads = speed::current_threads();
     let dev = Device::flex();
     let cfg = VaeConfig::maisi();
     let vae = Vae::new(&cfg, 0, &dev).expect("init");
@@ -77,11 +81,4 @@ fn main() {
         status_kb("VmHWM:").unwrap_or(0) as f64 / 1024.0,
         status_kb("VmHWM:").unwrap_or(0) as f64 / 1024.0 / 1024.0
     );
-}
-
-fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }

@@ -85,7 +85,7 @@ fn lane_sum(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 }
 
 /// `dst = silu(src · a + s)`.
-fn silu_affine(src: &[f32], dst: &mut [f32], a: f32, s: f32) {
+pub(crate) fn silu_affine(src: &[f32], dst: &mut [f32], a: f32, s: f32) {
     for (d, &v) in dst.iter_mut().zip(src) {
         let y = v * a + s;
         *d = y / (1.0 + exp_approx(-y));

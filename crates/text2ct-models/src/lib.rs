@@ -4,7 +4,10 @@
 //!   MONAI `.pt` or `.safetensors` weights strictly.
 //! - [`blocks`]: shared building blocks (ResBlock, down/upsample) and parameter sources.
 //! - [`interp`]: 3D interpolation burn lacks (trilinear x2, nearest repeat).
-//! - [`sliding`]: MONAI-compatible sliding-window inference.
+//! - [`sliding`]: MONAI-compatible sliding-window inference; [`splitdecode`]: one-pass decoding
+//!   of a whole latent in slabs with whole-tensor GroupNorm statistics (bounded temporaries).
+//! - [`speed`]: what the speed benchmarks share (peak RSS, thread pools, synthetic inputs, memory
+//!   estimates).
 //! - [`weights`]: reading PyTorch / safetensors state dicts.
 //! - [`resnet2d`], [`resnet3d`]: evaluation backbones: torchvision / RadImageNet 2D ResNets and
 //!   MedicalNet / MONAI 3D ResNets (feature extractors for the FID), strict PyTorch-key loading;
@@ -36,6 +39,8 @@ pub mod precision;
 pub mod resnet2d;
 pub mod resnet3d;
 pub mod sliding;
+pub mod speed;
+pub mod splitdecode;
 pub mod unet;
 pub mod vae;
 pub mod weights;

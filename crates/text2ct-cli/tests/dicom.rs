@@ -26,6 +26,7 @@ fn series(dir: &Path) {
         image_comments: "test".into(),
         patient_id: "test".into(),
         uid_key: "test".into(),
+        created_unix_s: 0,
     };
     write_dicom_series(&v, dir, &info).unwrap();
 }

@@ -194,6 +194,7 @@ fn dicom_series(dir: &Path) {
         image_comments: "hostile".into(),
         patient_id: "hostile".into(),
         uid_key: "hostile".into(),
+        created_unix_s: 0,
     };
     write_dicom_series(&v, dir, &info).unwrap();
 }

@@ -154,14 +154,17 @@ impl VolumeSet {
         }
     }
 
-    /// Volume `i` in HU, with its geometry.
+    /// Volume `i` in HU, with its geometry. A volume with NaN or infinite voxels is refused,
+    /// naming its file (a metric over such a volume would be silently wrong).
     pub fn load(&self, i: usize) -> FidResult<text2ct_io::Volume> {
-        match &self.items[i] {
-            Item::Nifti(p) => Ok(text2ct_io::nifti_io::read_nifti(p, &text2ct_io::Limits::default())?.0),
+        let vol = match &self.items[i] {
+            Item::Nifti(p) => text2ct_io::nifti_io::read_nifti(p, &text2ct_io::Limits::default())?.0,
             Item::Prepared { npy, affine } => {
-                Ok(text2ct_data::manifest::MappedVolume::open(npy)?.to_volume(affine).map_err(|e| e.at(npy))?)
+                text2ct_data::manifest::MappedVolume::open(npy)?.to_volume(affine).map_err(|e| e.at(npy))?
             }
-        }
+        };
+        vol.check_finite().map_err(|e| e.at(self.source(i)))?;
+        Ok(vol)
     }
 }
 
@@ -900,6 +903,28 @@ pub fn fid_3d(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volumes_with_non_finite_voxels_are_refused_by_name() {
+        use text2ct_io::nifti_io::{write_nifti, DType, WriteOptions};
+        let d = std::env::temp_dir().join(format!("text2ct-fid-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let a = text2ct_io::Affine::from_spacing_origin([1.0; 3], [0.0; 3]).unwrap();
+        let vol = text2ct_io::Volume::from_fn([4, 4, 4], a, |x, _, _| x as f32 * 10.0).unwrap();
+        let opts = WriteOptions { dtype: DType::F32, ..WriteOptions::ct_hu() };
+        for (name, bad) in [("nan.nii", f32::NAN), ("inf.nii", f32::INFINITY)] {
+            let p = d.join(name);
+            write_nifti(&p, &vol, &opts).unwrap();
+            assert!(VolumeSet::open(&p).unwrap().load(0).is_ok());
+            // Voxel (1, 0, 0) of the float32 data (it starts at vox_offset 352).
+            let mut b = std::fs::read(&p).unwrap();
+            b[356..360].copy_from_slice(&bad.to_le_bytes());
+            std::fs::write(&p, b).unwrap();
+            let e = VolumeSet::open(&p).unwrap().load(0).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("non-finite") && e.contains("(1, 0, 0)"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn monai_pad_crop_offsets() {

@@ -60,6 +60,17 @@ pub fn parse_size(s: &str) -> Result<[usize; 3]> {
     Ok(v)
 }
 
+/// Check an output folder before any work (it need not exist yet; nothing is created):
+/// `text2ct_io::error::check_output_dir`, the error naming `option`.
+pub fn output_dir(path: &Path, option: &str) -> Result<()> {
+    text2ct_io::error::check_output_dir(path).map_err(|e| anyhow::anyhow!("{option}: {e}"))
+}
+
+/// [`output_dir`] for an output file (its folder; the file must not be a folder).
+pub fn output_file(path: &Path, option: &str) -> Result<()> {
+    text2ct_io::error::check_output_file(path).map_err(|e| anyhow::anyhow!("{option}: {e}"))
+}
+
 /// Load a volume: a NIfTI file (`.nii`, `.nii.gz`) or a folder of DICOM slices.
 pub fn load_volume(path: &Path, series: Option<&str>) -> Result<Volume> {
     if path.is_dir() {

@@ -139,6 +139,8 @@ fn generate_bad_input() {
         (&["generate", "--model", ms, "--prompt", "x", "--decode-window", "4,0,4"], "size"),
         (&["generate", "--model", ms, "--prompt", "x", "--sampler", "euler", "--steps", "1"], "euler"),
         (&["generate", "--model", ms, "--prompt", "x", "--negative-prompt", " "], "negative prompt is empty"),
+        // An output folder that is a file (a raw "File exists (os error 17)" before).
+        (&["generate", "--model", ms, "--prompt", "x", "--out", "Cargo.toml"], "is a file, not a folder"),
     ];
     for (args, want) in cases {
         let (ok, _, err) = run(args);

@@ -115,6 +115,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.noise.is_some() && jobs.len() != 1 {
         bail!("--noise reproduces one volume: use it with one prompt and --count 1");
     }
+    crate::util::output_dir(&a.out, "--out")?;
     eprintln!("loading {} …", model.display());
     let p = Pipeline::load(&model, &device).with_context(|| format!("loading the model in {}", model.display()))?;
     let mut opts = p.default_options();

@@ -82,6 +82,7 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
     if !a.output.to_string_lossy().to_ascii_lowercase().ends_with(".npy") {
         bail!("--output must be a .npy file, got {}", a.output.display());
     }
+    crate::util::output_file(&a.output, "--output")?;
     let cfg = UnetConfig::from_json_file(&a.config).context("reading the U-Net config")?;
     let device = a.device.get()?;
 

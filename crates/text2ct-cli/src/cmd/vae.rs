@@ -154,6 +154,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     if !is_npy(&a.output) {
         bail!("--output must be a .npy file, got {}", a.output.display());
     }
+    crate::util::output_file(&a.output, "--output")?;
     let device = a.device.get()?;
     let x = if is_npy(&a.input) {
         let arr = NpyArray::read(&a.input)?;
@@ -203,6 +204,7 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     if !nifti_out && !is_npy(&a.output) {
         bail!("--output must be .npy or .nii/.nii.gz, got {}", a.output.display());
     }
+    crate::util::output_file(&a.output, "--output")?;
     let spacing: [f64; 3] =
         a.spacing.clone().try_into().map_err(|_| anyhow::anyhow!("--spacing needs three values X,Y,Z"))?;
     if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {

@@ -23,11 +23,12 @@ fn patch(path: &Path, offset: usize, bytes: &[u8]) {
     std::fs::write(path, b).unwrap();
 }
 
-/// An FID set of two volumes (`real`), sets where one volume holds NaN / Inf voxels,
-/// and a small random 2D ResNet with its config.
+/// Two FID sets of two volumes each (`real`, `fake`), sets where one volume holds NaN / Inf
+/// voxels, and a small random 2D ResNet with its config.
 struct Fid {
     dir: PathBuf,
     real: PathBuf,
+    fake: PathBuf,
     nan: PathBuf,
     inf: PathBuf,
     weights: PathBuf,
@@ -36,8 +37,8 @@ struct Fid {
 
 impl Fid {
     fn new(d: &Path) -> Fid {
-        let (real, nan, inf) = (d.join("real"), d.join("fake_nan"), d.join("fake_inf"));
-        for (dir, k) in [(&real, 5.0), (&nan, 7.0), (&inf, 7.0)] {
+        let (real, fake, nan, inf) = (d.join("real"), d.join("fake"), d.join("fake_nan"), d.join("fake_inf"));
+        for (dir, k) in [(&real, 5.0), (&fake, 7.0), (&nan, 7.0), (&inf, 7.0)] {
             std::fs::create_dir_all(dir).unwrap();
             nifti_f32(&dir.join("a.nii"), k);
             nifti_f32(&dir.join("b.nii"), k + 1.0);
@@ -50,7 +51,7 @@ impl Fid {
         let (weights, config) = (d.join("r18.safetensors"), d.join("r18.json"));
         ResNet2d::random_state_dict(&cfg, 1).unwrap().write_safetensors(&weights, None).unwrap();
         std::fs::write(&config, serde_json::to_string(&cfg).unwrap()).unwrap();
-        Fid { dir: d.to_path_buf(), real, nan, inf, weights, config }
+        Fid { dir: d.to_path_buf(), real, fake, nan, inf, weights, config }
     }
 
     /// `eval fid` of `real` against `fake` into `out` (default: a fresh folder), plus `extra`.
@@ -72,6 +73,21 @@ impl Fid {
     }
 }
 
+/// `generate` with the embedded default model, small and fast, into `out`, with `extra`
+/// replacing the defaults it names (clap refuses repeated options).
+fn generate(name: &str, out: &Path, extra: &[&str]) -> Case {
+    let o = s(out);
+    let base = [("--prompt", "Findings: normal."), ("--steps", "1"), ("--size", "32,32,16"), ("--out", o.as_str())];
+    let mut args: Vec<&str> = vec!["generate"];
+    for (k, v) in base {
+        if !extra.contains(&k) {
+            args.extend_from_slice(&[k, v]);
+        }
+    }
+    args.extend_from_slice(extra);
+    Case::new(name, &args)
+}
+
 /// Item 3: volumes with NaN / Inf voxels are refused by name, not scored.
 fn non_finite_volumes(f: &Fid) -> Vec<Case> {
     vec![
@@ -88,6 +104,40 @@ fn non_finite_volumes(f: &Fid) -> Vec<Case> {
     ]
 }
 
+/// Item 9: headers reported as the file has them; output folders checked before any work.
+fn messages(d: &Path, f: &Fid) -> Vec<Case> {
+    let file = d.join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    // NIfTI headers: dim[0] = 9, and a negative dimension.
+    let hdr = |name: &str, offset: usize, v: i16| {
+        let p = d.join(name);
+        nifti_f32(&p, 1.0);
+        patch(&p, offset, &v.to_le_bytes());
+        p
+    };
+    let dim0 = hdr("dim0.nii", 40, 9);
+    let negdim = hdr("negdim.nii", 44, -1);
+    let mut cases = vec![
+        Case::new("nifti-dim0-9", &["inspect", &s(&dim0)]).mentions("dim0.nii").mentions("dim[0] = 9 "),
+        Case::new("nifti-negative-dim", &["inspect", &s(&negdim)])
+            .mentions("negdim.nii")
+            .mentions("negative dimension"),
+        // Output folders that are files, or inside one: refused before any work, in words.
+        generate("out-is-file", &file, &[]).mentions("--out").mentions("is a file, not a folder"),
+        generate("out-under-file", &file.join("sub"), &[]).mentions("--out").mentions("is a file"),
+        f.case("out-is-file", &f.fake, Some(&file), &[]).mentions("--out").mentions("is a file"),
+        Case::new("phantom-out-under-file", &["phantom", "--out", &s(&file.join("p")), "--count", "1"])
+            .mentions("--out")
+            .mentions("is a file"),
+    ];
+    // An output folder nobody may write in (procfs refuses even root).
+    if Path::new("/proc/self").is_dir() {
+        cases.push(generate("out-unwritable", Path::new("/proc/self/text2ct-out"), &[]).mentions("cannot write"));
+        cases.push(generate("out-unwritable-existing", Path::new("/proc/self"), &[]).mentions("cannot write"));
+    }
+    cases
+}
+
 pub fn cases() -> Vec<Case> {
     let d = scratch("limits");
     let f = Fid::new(&d);
@@ -98,6 +148,7 @@ pub fn cases() -> Vec<Case> {
             .writes_nothing_at(d.join("p")),
     ];
     cases.extend(non_finite_volumes(&f));
+    cases.extend(messages(&d, &f));
     cases
 }
 

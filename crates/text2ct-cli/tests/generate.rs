@@ -139,6 +139,15 @@ fn generate_bad_input() {
         (&["generate", "--model", ms, "--prompt", "x", "--decode-window", "4,0,4"], "size"),
         (&["generate", "--model", ms, "--prompt", "x", "--sampler", "euler", "--steps", "1"], "euler"),
         (&["generate", "--model", ms, "--prompt", "x", "--negative-prompt", " "], "negative prompt is empty"),
+        // A scale that saturates every volume to a flat one (it was written, exit 0).
+        (&["generate", "--model", ms, "--prompt", "x", "--guidance", "1e30"], "--guidance"),
+        // The second seed wrapped to 0; absurd counts panicked or aborted allocating jobs.
+        (
+            &["generate", "--model", ms, "--prompt", "x", "--seed", "18446744073709551615", "--count", "2"],
+            "largest seed",
+        ),
+        (&["generate", "--model", ms, "--prompt", "x", "--count", "1000000000"], "more than one run makes"),
+        (&["generate", "--model", ms, "--prompt", "x", "--count", "18446744073709551615"], "more than one run makes"),
         // An output folder that is a file (a raw "File exists (os error 17)" before).
         (&["generate", "--model", ms, "--prompt", "x", "--out", "Cargo.toml"], "is a file, not a folder"),
     ];

@@ -4,6 +4,7 @@
 pub mod card;
 pub mod default_model;
 pub mod error;
+pub mod limits;
 pub mod output;
 pub mod pipeline;
 pub mod prompts;
@@ -11,5 +12,5 @@ pub mod text_encoder;
 
 pub use card::ModelCard;
 pub use error::{GenerateError, Result};
-pub use prompts::{jobs_for_prompt, jobs_from_csv, seed_for, Job, Shard};
+pub use prompts::{jobs_for_prompt, jobs_from_csv, seed_for, Job, JobList, Shard};
 pub use text_encoder::{TextEncoder, TextEncoderKind};

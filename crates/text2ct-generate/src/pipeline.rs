@@ -52,7 +52,8 @@ impl SampleOptions {
     pub const SAMPLERS: [&'static str; 3] = ["rflow", "ddpm", "ddim"];
 
     /// Check what does not depend on the model: a known sampler, at least one step, a finite
-    /// guidance scale, a positive decode window. Front ends call it before doing any work.
+    /// guidance scale within ±[`crate::limits::MAX_GUIDANCE`], a positive decode window. Front
+    /// ends call it before doing any work.
     pub fn validate(&self) -> Result<()> {
         if !Self::SAMPLERS.contains(&self.sampler.as_str()) {
             return Err(GenerateError::Invalid(format!("sampler {:?} is not rflow, ddpm or ddim", self.sampler)));
@@ -60,9 +61,7 @@ impl SampleOptions {
         if self.steps == 0 {
             return Err(GenerateError::Invalid("the number of sampling steps must be at least 1".into()));
         }
-        if !self.guidance.is_finite() {
-            return Err(GenerateError::Invalid(format!("the guidance scale {} is not finite", self.guidance)));
-        }
+        crate::limits::check_guidance(self.guidance)?;
         if self.negative_prompt.as_deref().is_some_and(|n| n.trim().is_empty()) {
             return Err(GenerateError::Invalid(
                 "the negative prompt is empty (leave it out for the zero context)".into(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use text2ct_generate::pipeline::Pipeline;
-use text2ct_generate::{jobs_for_prompt, jobs_from_csv, output, Shard};
+use text2ct_generate::{output, JobList, Shard};
 use text2ct_models::burn::prelude::{Tensor, TensorData};
 use text2ct_models::NpyArray;
 
@@ -98,6 +98,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.count == 0 {
         bail!("--count must be at least 1");
     }
+    if let Some(g) = a.guidance {
+        text2ct_generate::limits::check_guidance(g).context("--guidance")?;
+    }
     let shard = match &a.shard {
         Some(s) => Shard::parse(s)?,
         None => Shard::ALL,
@@ -107,9 +110,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             if shard != Shard::ALL {
                 bail!("--shard applies to --reports, not to a single --prompt");
             }
-            jobs_for_prompt(p, a.count, a.seed)?
+            JobList::for_prompt(p, a.count, a.seed).context("--prompt, --count and --seed")?
         }
-        (None, Some(csv)) => jobs_from_csv(csv, a.count, a.seed, shard)?,
+        (None, Some(csv)) => JobList::from_csv(csv, a.count, a.seed, shard).context("--reports, --count and --seed")?,
         _ => bail!("give --prompt \"…\" or --reports CSV"),
     };
     if a.noise.is_some() && jobs.len() != 1 {
@@ -123,9 +126,6 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         opts.steps = s;
     }
     if let Some(g) = a.guidance {
-        if !g.is_finite() {
-            bail!("--guidance must be a finite number");
-        }
         opts.guidance = g;
     }
     if let Some(s) = &a.sampler {
@@ -182,27 +182,27 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     steps.set_message("sampling");
     let (mut done, mut skipped) = (0, 0);
     let mut noise = noise;
-    for job in &jobs {
-        if !a.overwrite && output::is_done(&a.out, job) {
+    for job in jobs.iter() {
+        if !a.overwrite && output::is_done(&a.out, &job) {
             // A job killed between the sidecar and the DICOM series gets its series now.
             if a.dicom && !a.out.join(format!("{}_dicom", job.stem())).is_dir() {
                 let json = a.out.join(format!("{}.json", job.stem()));
                 let text = std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
                 let sc: output::Sidecar =
                     serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
-                write_dicom(&a.out, job, &sc)?;
+                write_dicom(&a.out, &job, &sc)?;
             }
             skipped += 1;
             vols.inc(1);
             continue;
         }
         steps.reset();
-        let sc = p.run_job(job, &opts, &a.out, noise.take(), &mut |i, n| {
+        let sc = p.run_job(&job, &opts, &a.out, noise.take(), &mut |i, n| {
             steps.set_length(n as u64);
             steps.set_position(i as u64);
         })?;
         if a.dicom {
-            write_dicom(&a.out, job, &sc)?;
+            write_dicom(&a.out, &job, &sc)?;
         }
         if sc.prompt_truncated {
             mp.suspend(|| {

@@ -140,9 +140,7 @@ fn to_tensor(a: NpyArray, what: &str, path: &Path, device: &Device) -> anyhow::R
         a.shape.clone().try_into().map_err(|_| {
             anyhow::anyhow!("{}: {what} must be 5D [B,C,X,Y,Z], got shape {:?}", path.display(), a.shape)
         })?;
-    if let Some(v) = a.data.iter().find(|v| !v.is_finite()) {
-        bail!("{}: {what} holds a non-finite value ({v})", path.display());
-    }
+    crate::util::check_finite(&a.data, path, what)?;
     Ok(Tensor::from_data(TensorData::new(a.data, shape), device))
 }
 

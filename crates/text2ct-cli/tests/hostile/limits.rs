@@ -73,6 +73,39 @@ impl Fid {
     }
 }
 
+/// The `unet forward` fixtures of text2ct-models (a small MONAI U-Net, batch 2).
+fn unet_fixture(f: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../text2ct-models/fixtures/unet_small");
+    s(&root.join(f))
+}
+
+/// `unet forward` on the fixtures with `over` replacing options.
+fn unet_forward(name: &str, out: &Path, over: &[(&str, String)]) -> Case {
+    let mut opts: Vec<(&str, String)> = ["config.json", "unet.pt", "x.npy", "t.npy", "context.npy", "spacing.npy"]
+        .iter()
+        .zip(["--config", "--weights", "--x", "--t", "--context", "--spacing"])
+        .map(|(f, o)| (o, unet_fixture(f)))
+        .collect();
+    opts.push(("--class-labels", unet_fixture("class_labels.npy")));
+    for (k, v) in over {
+        opts.retain(|(o, _)| o != k);
+        opts.push((k, v.clone()));
+    }
+    let mut args = vec!["unet".to_string(), "forward".into(), "--output".into(), s(out)];
+    for (k, v) in opts {
+        args.push(k.into());
+        args.push(v);
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    Case::new(name, &a).writes_nothing_at(out)
+}
+
+/// A float32 `.npy` of `shape` (C order).
+fn npy(path: &Path, shape: &[usize], data: Vec<f32>) -> String {
+    text2ct_io::npy::write_npy_f32(path, shape, &data).unwrap();
+    s(path)
+}
+
 /// `generate` with the embedded default model, small and fast, into `out`, with `extra`
 /// replacing the defaults it names (clap refuses repeated options).
 fn generate(name: &str, out: &Path, extra: &[&str]) -> Case {
@@ -138,6 +171,42 @@ fn messages(d: &Path, f: &Fid) -> Vec<Case> {
     cases
 }
 
+/// `generate` into a fresh folder under `d` that must stay absent.
+fn gen(d: &Path, name: &str, extra: &[&str]) -> Case {
+    let out = d.join(format!("gen-{name}"));
+    generate(name, &out, extra).writes_nothing_at(out)
+}
+
+/// Item 5: guidance scales, seeds and U-Net inputs out of range.
+fn inputs(d: &Path) -> Vec<Case> {
+    let u = |name: &str| d.join(format!("unet-{name}.npy"));
+    // U-Net inputs with one bad value each (the fixtures: x [2, 4, 16, 8, 16], t [2], spacing [2, 3]).
+    let t_nan = npy(&d.join("t_nan.npy"), &[2], vec![f32::NAN, 37.25]);
+    let t_big = npy(&d.join("t_big.npy"), &[2], vec![999.5, 1e9]);
+    let sp_nan = npy(&d.join("sp_nan.npy"), &[2, 3], vec![75.0, f32::NAN, 300.0, 80.0, 70.0, 150.0]);
+    let sp_neg = npy(&d.join("sp_neg.npy"), &[2, 3], vec![75.0, 75.0, -300.0, 80.0, 70.0, 150.0]);
+    let xa = text2ct_io::npy::NpyArray::read(Path::new(&unet_fixture("x.npy"))).unwrap();
+    let mut xv = xa.data.clone();
+    xv[17] = f32::INFINITY;
+    let x_inf = npy(&d.join("x_inf.npy"), &xa.shape, xv);
+    vec![
+        // A guidance scale that saturates every volume, or is not a number.
+        gen(d, "guidance-1e30", &["--guidance", "1e30"]).mentions("--guidance"),
+        gen(d, "guidance-nan", &["--guidance", "NaN"]).mentions("--guidance"),
+        gen(d, "guidance-neg", &["--guidance=-500"]).mentions("--guidance"),
+        // Seeds past u64::MAX (the second volume's seed wrapped to 0).
+        gen(d, "seed-wraps", &["--seed", "18446744073709551615", "--count", "2"])
+            .mentions("--seed")
+            .mentions("largest seed"),
+        // unet forward: NaN or out-of-range inputs gave all-NaN output with exit 0.
+        unet_forward("unet-t-nan", &u("tnan"), &[("--t", t_nan)]).mentions("t_nan.npy").mentions("--t"),
+        unet_forward("unet-t-range", &u("tbig"), &[("--t", t_big)]).mentions("t_big.npy").mentions("1000"),
+        unet_forward("unet-spacing-nan", &u("spnan"), &[("--spacing", sp_nan)]).mentions("sp_nan.npy"),
+        unet_forward("unet-spacing-neg", &u("spneg"), &[("--spacing", sp_neg)]).mentions("positive"),
+        unet_forward("unet-x-inf", &u("xinf"), &[("--x", x_inf)]).mentions("x_inf.npy").mentions("non-finite"),
+    ]
+}
+
 pub fn cases() -> Vec<Case> {
     let d = scratch("limits");
     let f = Fid::new(&d);
@@ -149,6 +218,7 @@ pub fn cases() -> Vec<Case> {
     ];
     cases.extend(non_finite_volumes(&f));
     cases.extend(messages(&d, &f));
+    cases.extend(inputs(&d));
     cases
 }
 

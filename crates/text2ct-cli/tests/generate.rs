@@ -148,6 +148,8 @@ fn generate_bad_input() {
         ),
         (&["generate", "--model", ms, "--prompt", "x", "--count", "1000000000"], "more than one run makes"),
         (&["generate", "--model", ms, "--prompt", "x", "--count", "18446744073709551615"], "more than one run makes"),
+        // Sizes that cannot fit are refused with the estimate (they aborted allocating).
+        (&["generate", "--model", ms, "--prompt", "x", "--size", "100000,100000,100000"], "of memory (estimated)"),
         // An output folder that is a file (a raw "File exists (os error 17)" before).
         (&["generate", "--model", ms, "--prompt", "x", "--out", "Cargo.toml"], "is a file, not a folder"),
     ];
@@ -179,6 +181,7 @@ fn generate_uses_the_embedded_default_model() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("phantom-default") && err.contains("not patients"), "{err}");
+    assert!(err.contains("per volume (estimated)"), "the memory estimate is printed: {err}");
     let cache = std::fs::read_dir(d.join("cache/models")).unwrap().next().unwrap().unwrap().path();
     assert!(cache.join("model.json").is_file() && cache.join("unet.safetensors").is_file());
     let (v, _) =

@@ -5,6 +5,7 @@ pub mod card;
 pub mod default_model;
 pub mod error;
 pub mod limits;
+pub mod memory;
 pub mod output;
 pub mod pipeline;
 pub mod prompts;

@@ -405,6 +405,7 @@ impl Pipeline {
     ) -> Result<Generated> {
         opts.validate()?;
         let latent = self.check_size(opts.size)?;
+        crate::memory::check_fits(self, opts)?;
         let t0 = Instant::now();
         let (ctx, truncated) = self.encode_prompt(prompt)?;
         let (uncond, negative_truncated) = match opts.negative_prompt.as_deref() {

@@ -141,6 +141,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     opts.validate()?;
     let latent = p.check_size(opts.size)?;
+    let mem = text2ct_generate::memory::check_fits(&p, &opts).context("--size")?;
     let noise = match &a.noise {
         Some(path) => {
             let n = NpyArray::read(path)?;
@@ -156,7 +157,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => None,
     };
     eprintln!(
-        "model {} ({}); sampler {} {} steps, guidance {}{}, output {:?} at {:?} mm; scale factor {} ({})",
+        "model {} ({}); sampler {} {} steps, guidance {}{}, output {:?} at {:?} mm; scale factor {} ({}); \
+         memory: about {} per volume (estimated)",
         p.card.name,
         p.card.trained_on,
         opts.sampler,
@@ -169,7 +171,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         opts.size,
         p.card.output.spacing,
         p.scale_factor,
-        p.scale_factor_source
+        p.scale_factor_source,
+        text2ct_io::memory::format_bytes(mem.peak())
     );
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mp = MultiProgress::new();

@@ -207,6 +207,24 @@ fn inputs(d: &Path) -> Vec<Case> {
     ]
 }
 
+/// Item 7: sizes whose memory cannot exist, counts that would not end.
+fn generation_limits(d: &Path) -> Vec<Case> {
+    vec![
+        gen(d, "size-100000", &["--size", "100000,100000,100000"]).mentions("--size").mentions("memory"),
+        gen(d, "size-1024", &["--size", "1024,1024,1024"])
+            .env("TEXT2CT_MEMORY_LIMIT", "16G")
+            .mentions("--size")
+            .mentions("estimated"),
+        gen(d, "size-over-limit", &["--size", "256,256,128"])
+            .env("TEXT2CT_MEMORY_LIMIT", "256M")
+            .mentions("TEXT2CT_MEMORY_LIMIT")
+            .mentions("decode-window"),
+        gen(d, "count-1e9", &["--count", "1000000000"]).mentions("--count"),
+        gen(d, "count-u64-max", &["--count", "18446744073709551615"]).mentions("--count"),
+        gen(d, "memory-limit-junk", &[]).env("TEXT2CT_MEMORY_LIMIT", "lots").mentions("TEXT2CT_MEMORY_LIMIT"),
+    ]
+}
+
 pub fn cases() -> Vec<Case> {
     let d = scratch("limits");
     let f = Fid::new(&d);
@@ -219,6 +237,7 @@ pub fn cases() -> Vec<Case> {
     cases.extend(non_finite_volumes(&f));
     cases.extend(messages(&d, &f));
     cases.extend(inputs(&d));
+    cases.extend(generation_limits(&d));
     cases
 }
 

@@ -224,6 +224,9 @@ fn fid_of_phantom_sets() {
     fails(&sv(&with(&a, &b, &["--mode", "3d"])), "3D backbone");
     fails(&sv(&with(&a, &b, &["--planes", "diagonal"])), "unknown plane");
     fails(&sv(&with(&a, &b, &["--center-fraction", "0"])), "center-fraction");
+    // A grid of 16 GiB per copy is refused with its estimate before any volume is read (it
+    // aborted allocating).
+    fails(&sv(&with(&a, &b, &["--size", "2048,2048,1024"])), "of memory (estimated)");
     // A volume with NaN voxels is refused by name (a finite FID was reported).
     let nan = d.join("nan");
     std::fs::create_dir_all(&nan).unwrap();

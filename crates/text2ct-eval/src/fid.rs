@@ -564,6 +564,10 @@ pub fn features_25d(
     for i in 0..set.len() {
         let vol = set.load(i)?;
         check_volume(vol.dims(), set.id(i))?;
+        let grid = proto.size.unwrap_or(vol.dims());
+        let what = format!("volume {}", set.source(i).display());
+        let bytes = crate::memory::resnet2d_volume_bytes(net, vol.dims(), grid, proto.batch);
+        crate::memory::check_fits(bytes, grid, &what)?;
         let (data, dims) = prepare_hu(&vol, proto.size)?;
         for (pi, &plane) in proto.planes.iter().enumerate() {
             let (stack, n, rows, cols) = plane_stack(&data, dims, plane, proto.center_fraction);
@@ -607,6 +611,12 @@ pub fn features_3d(
     for i in 0..set.len() {
         let vol = set.load(i)?;
         check_volume(vol.dims(), set.id(i))?;
+        let grid = match model {
+            Backbone::CtNet(m) => size.unwrap_or([m.config.size[1], m.config.size[0], m.config.n_slices]),
+            _ => size.unwrap_or(vol.dims()),
+        };
+        let bytes = crate::memory::fid_volume_bytes(model, vol.dims(), grid, 1);
+        crate::memory::check_fits(bytes, grid, &format!("volume {}", set.source(i).display()))?;
         let f = match model {
             // MedicalNet reads nibabel's (X, Y, Z) as (D, H, W).
             Backbone::ResNet3d(m) => to_vec2(m.features(volume_xyz(m, &vol, size, |h| h / 1000.0)?)?)?,

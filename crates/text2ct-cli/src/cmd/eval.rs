@@ -318,6 +318,14 @@ fn run_fid(a: FidArgs) -> Result<()> {
     if !want2d && n2d > 0 || !want3d && n3d > 0 {
         bail!("--mode {mode} does not use every --backbone given");
     }
+    // The grid's memory, before any volume is read (each volume is checked again with its own
+    // dims when it is read).
+    if let Some(size) = size {
+        for b in &backbones {
+            let bytes = text2ct_eval::memory::fid_volume_bytes(&b.model, size, size, a.batch);
+            text2ct_eval::memory::check_fits(bytes, size, &format!("--size with {}", b.info.name))?;
+        }
+    }
     let mut report = FidReport::new(&real, &fake);
     let total = real.len() + fake.len();
     for b in &backbones {

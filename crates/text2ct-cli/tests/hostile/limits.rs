@@ -225,6 +225,15 @@ fn generation_limits(d: &Path) -> Vec<Case> {
     ]
 }
 
+/// Item 8: an FID grid of 16 GiB per copy.
+fn fid_limits(f: &Fid) -> Vec<Case> {
+    vec![f
+        .case("size-huge", &f.fake, None, &["--size", "2048,2048,1024"])
+        .writes_nothing_at(f.dir.join("fid-size-huge"))
+        .mentions("--size")
+        .mentions("estimated")]
+}
+
 pub fn cases() -> Vec<Case> {
     let d = scratch("limits");
     let f = Fid::new(&d);
@@ -238,6 +247,7 @@ pub fn cases() -> Vec<Case> {
     cases.extend(messages(&d, &f));
     cases.extend(inputs(&d));
     cases.extend(generation_limits(&d));
+    cases.extend(fid_limits(&f));
     cases
 }
 

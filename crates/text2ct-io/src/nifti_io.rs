@@ -134,10 +134,17 @@ pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
     if sizeof_le != 348 && sizeof_be != 348 {
         return Err(IoError::format(path, format!("not a NIfTI-1 file: sizeof_hdr is {sizeof_le}, expected 348")));
     }
+    let hdr = NiftiHeader::from_reader(&hbytes[..]).map_err(|e| IoError::format(path, format!("bad header: {e}")))?;
+    if &hdr.magic != b"n+1\0" && &hdr.magic != b"ni1\0" {
+        return Err(IoError::format(path, format!("wrong magic {:?}, expected \"n+1\"", hdr.magic)));
+    }
+    if &hdr.magic == b"ni1\0" {
+        return Err(IoError::format(path, "header/image pairs (.hdr/.img) are not supported; use a single .nii"));
+    }
     // dim[] as the file stores it (signed, in the byte order sizeof_hdr shows), checked before
-    // the nifti crate reads it: that crate takes a dim[0] outside 1..7 as a sign of the other
-    // byte order and swaps it (9 would be reported as 2304), and reads dim[] unsigned (-1 would
-    // become 65535 and be reported as a truncated file).
+    // the nifti crate's values are used: that crate takes a dim[0] outside 1..7 as a sign of the
+    // other byte order and swaps it (9 would be reported as 2304), and reads dim[] unsigned (-1
+    // would become 65535 and be reported as a truncated file).
     let little = sizeof_le == 348;
     let raw_dim: [i16; 8] = std::array::from_fn(|i| {
         let b = [hbytes[40 + 2 * i], hbytes[41 + 2 * i]];
@@ -156,17 +163,7 @@ pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
             format!("negative dimension: dim[{i}] = {} (dim = {:?})", raw_dim[i], &raw_dim[..=raw_dim[0] as usize]),
         ));
     }
-    let hdr = NiftiHeader::from_reader(&hbytes[..]).map_err(|e| IoError::format(path, format!("bad header: {e}")))?;
-    if &hdr.magic != b"n+1\0" && &hdr.magic != b"ni1\0" {
-        return Err(IoError::format(path, format!("wrong magic {:?}, expected \"n+1\"", hdr.magic)));
-    }
-    if &hdr.magic == b"ni1\0" {
-        return Err(IoError::format(path, "header/image pairs (.hdr/.img) are not supported; use a single .nii"));
-    }
-    let ndim = hdr.dim[0] as usize;
-    if !(1..=7).contains(&ndim) {
-        return Err(IoError::format(path, format!("dim[0] = {} is not in 1..7", hdr.dim[0])));
-    }
+    let ndim = raw_dim[0] as usize;
     let mut dims = [1usize; 3];
     for (i, d) in dims.iter_mut().enumerate().take(ndim.min(3)) {
         *d = hdr.dim[i + 1] as usize;

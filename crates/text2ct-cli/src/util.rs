@@ -94,6 +94,27 @@ pub fn read_dicom(path: &Path, series: Option<&str>) -> Result<(Volume, DicomInf
     Ok((v, info))
 }
 
+/// Check an output folder before any work (it need not exist yet; nothing is created):
+/// `text2ct_io::error::check_output_dir`, the error naming `option`.
+pub fn output_dir(path: &Path, option: &str) -> Result<()> {
+    text2ct_io::error::check_output_dir(path).map_err(|e| anyhow::anyhow!("{option}: {e}"))
+}
+
+/// [`output_dir`] for an output file (its folder; the file must not be a folder).
+pub fn output_file(path: &Path, option: &str) -> Result<()> {
+    text2ct_io::error::check_output_file(path).map_err(|e| anyhow::anyhow!("{option}: {e}"))
+}
+
+/// Refuse values read from `path` (for `what`, e.g. "--t") that hold NaN or an infinity: a
+/// network fed one writes all-NaN output with no error.
+pub fn check_finite(values: &[f32], path: &Path, what: &str) -> Result<()> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        let n = values.iter().filter(|v| !v.is_finite()).count();
+        bail!("{}: {what} holds a non-finite value ({} at flat index {i}; {n} in all)", path.display(), values[i]);
+    }
+    Ok(())
+}
+
 /// Load a volume: a NIfTI file (`.nii`, `.nii.gz`) or a folder of DICOM slices.
 pub fn load_volume(path: &Path, series: Option<&str>) -> Result<Volume> {
     if path.is_dir() {

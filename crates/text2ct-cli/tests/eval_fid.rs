@@ -224,6 +224,24 @@ fn fid_of_phantom_sets() {
     fails(&sv(&with(&a, &b, &["--mode", "3d"])), "3D backbone");
     fails(&sv(&with(&a, &b, &["--planes", "diagonal"])), "unknown plane");
     fails(&sv(&with(&a, &b, &["--center-fraction", "0"])), "center-fraction");
+    // A grid of 16 GiB per copy is refused with its estimate before any volume is read (it
+    // aborted allocating).
+    fails(&sv(&with(&a, &b, &["--size", "2048,2048,1024"])), "of memory (estimated)");
+    // A volume with NaN voxels is refused by name (a finite FID was reported).
+    let nan = d.join("nan");
+    std::fs::create_dir_all(&nan).unwrap();
+    let vol = text2ct_io::Volume::from_fn([16, 16, 8], text2ct_io::Affine::identity(), |x, _, _| x as f32).unwrap();
+    let f32_opts = text2ct_io::nifti_io::WriteOptions {
+        dtype: text2ct_io::nifti_io::DType::F32,
+        ..text2ct_io::nifti_io::WriteOptions::ct_hu()
+    };
+    for name in ["v1.nii", "v2.nii"] {
+        text2ct_io::nifti_io::write_nifti(&nan.join(name), &vol, &f32_opts).unwrap();
+    }
+    let mut bytes = std::fs::read(nan.join("v2.nii")).unwrap();
+    bytes[352 + 40..352 + 44].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(nan.join("v2.nii"), bytes).unwrap();
+    fails(&sv(&with(&a, &nan, &[])), "v2.nii: volume holds 1 non-finite voxel(s)");
     // Weights that do not fit the architecture: strict load names the keys.
     fails(
         &["eval", "fid", "--real", s(&a), "--fake", s(&b), "--backbone", "resnet18-2d", "--weights", s(&w3)],

@@ -152,6 +152,19 @@ fn generate_bad_input() {
         (&["generate", "--model", ms, "--prompt", "x", "--sampler", "euler", "--steps", "1"], "euler"),
         (&["generate", "--model", ms, "--prompt", "x", "--negative-prompt", " "], "negative prompt is empty"),
         (&["generate", "--model", ms, "--prompt", "x", "--precision", "f16"], "--precision"),
+        // A scale that saturates every volume to a flat one (it was written, exit 0).
+        (&["generate", "--model", ms, "--prompt", "x", "--guidance", "1e30"], "--guidance"),
+        // The second seed wrapped to 0; absurd counts panicked or aborted allocating jobs.
+        (
+            &["generate", "--model", ms, "--prompt", "x", "--seed", "18446744073709551615", "--count", "2"],
+            "largest seed",
+        ),
+        (&["generate", "--model", ms, "--prompt", "x", "--count", "1000000000"], "more than one run makes"),
+        (&["generate", "--model", ms, "--prompt", "x", "--count", "18446744073709551615"], "more than one run makes"),
+        // Sizes that cannot fit are refused with the estimate (they aborted allocating).
+        (&["generate", "--model", ms, "--prompt", "x", "--size", "100000,100000,100000"], "of memory (estimated)"),
+        // An output folder that is a file (a raw "File exists (os error 17)" before).
+        (&["generate", "--model", ms, "--prompt", "x", "--out", "Cargo.toml"], "is a file, not a folder"),
     ];
     for (args, want) in cases {
         let (ok, _, err) = run(args);
@@ -181,6 +194,7 @@ fn generate_uses_the_embedded_default_model() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("phantom-default") && err.contains("not patients"), "{err}");
+    assert!(err.contains("per volume (estimated)"), "the memory estimate is printed: {err}");
     let cache = std::fs::read_dir(d.join("cache/models")).unwrap().next().unwrap().unwrap().path();
     assert!(cache.join("model.json").is_file() && cache.join("unet.safetensors").is_file());
     let (v, _) =

@@ -138,6 +138,29 @@ fn bad_inputs_exit_1_with_a_message() {
     let l = write(&d, "l2.npy", vec![2], vec![1.0, 9.0]);
     assert!(err(&[("--class-labels", l)]).contains("outside 0..5"));
     assert!(err(&[("--class-labels", String::new())]).contains("--class-labels"));
+    // Non-finite or out-of-range values (they gave all-NaN output with exit code 0), named with
+    // their file and option; nothing is written.
+    let t = write(&d, "t_nan.npy", vec![2], vec![f32::NAN, 37.25]);
+    let e = err(&[("--t", t)]);
+    assert!(e.contains("t_nan.npy") && e.contains("--t") && e.contains("non-finite"), "{e}");
+    let t = write(&d, "t_neg.npy", vec![2], vec![-1.0, 37.25]);
+    assert!(err(&[("--t", t)]).contains("outside [0, 1000]"));
+    let s = write(&d, "s_nan.npy", vec![2, 3], vec![75.0, f32::NAN, 300.0, 80.0, 70.0, 150.0]);
+    let e = err(&[("--spacing", s)]);
+    assert!(e.contains("s_nan.npy") && e.contains("--spacing"), "{e}");
+    let s = write(&d, "s_zero.npy", vec![2, 3], vec![75.0, 0.0, 300.0, 80.0, 70.0, 150.0]);
+    assert!(err(&[("--spacing", s)]).contains("must be positive"));
+    let x = NpyArray::read(Path::new(&fx("x.npy"))).unwrap();
+    let mut xv = x.data.clone();
+    xv[5] = f32::NEG_INFINITY;
+    let xb = write(&d, "x_inf.npy", x.shape.clone(), xv);
+    assert!(err(&[("--x", xb)]).contains("x_inf.npy"));
+    let ctx = NpyArray::read(Path::new(&fx("context.npy"))).unwrap();
+    let mut cv = ctx.data.clone();
+    cv[0] = f32::NAN;
+    let cb = write(&d, "ctx_nan.npy", ctx.shape.clone(), cv);
+    assert!(err(&[("--context", cb)]).contains("--context"));
+    assert!(!out.exists());
     // not a .npy output
     let e = run_with(&d.join("out.txt"), &[]).unwrap_err();
     assert!(e.contains("--output"), "{e}");

@@ -154,14 +154,17 @@ impl VolumeSet {
         }
     }
 
-    /// Volume `i` in HU, with its geometry.
+    /// Volume `i` in HU, with its geometry. A volume with NaN or infinite voxels is refused,
+    /// naming its file (a metric over such a volume would be silently wrong).
     pub fn load(&self, i: usize) -> FidResult<text2ct_io::Volume> {
-        match &self.items[i] {
-            Item::Nifti(p) => Ok(text2ct_io::nifti_io::read_nifti(p, &text2ct_io::Limits::default())?.0),
+        let vol = match &self.items[i] {
+            Item::Nifti(p) => text2ct_io::nifti_io::read_nifti(p, &text2ct_io::Limits::default())?.0,
             Item::Prepared { npy, affine } => {
-                Ok(text2ct_data::manifest::MappedVolume::open(npy)?.to_volume(affine).map_err(|e| e.at(npy))?)
+                text2ct_data::manifest::MappedVolume::open(npy)?.to_volume(affine).map_err(|e| e.at(npy))?
             }
-        }
+        };
+        vol.check_finite().map_err(|e| e.at(self.source(i)))?;
+        Ok(vol)
     }
 }
 
@@ -561,6 +564,10 @@ pub fn features_25d(
     for i in 0..set.len() {
         let vol = set.load(i)?;
         check_volume(vol.dims(), set.id(i))?;
+        let grid = proto.size.unwrap_or(vol.dims());
+        let what = format!("volume {}", set.source(i).display());
+        let bytes = crate::memory::resnet2d_volume_bytes(net, vol.dims(), grid, proto.batch);
+        crate::memory::check_fits(bytes, grid, &what)?;
         let (data, dims) = prepare_hu(&vol, proto.size)?;
         for (pi, &plane) in proto.planes.iter().enumerate() {
             let (stack, n, rows, cols) = plane_stack(&data, dims, plane, proto.center_fraction);
@@ -604,6 +611,12 @@ pub fn features_3d(
     for i in 0..set.len() {
         let vol = set.load(i)?;
         check_volume(vol.dims(), set.id(i))?;
+        let grid = match model {
+            Backbone::CtNet(m) => size.unwrap_or([m.config.size[1], m.config.size[0], m.config.n_slices]),
+            _ => size.unwrap_or(vol.dims()),
+        };
+        let bytes = crate::memory::fid_volume_bytes(model, vol.dims(), grid, 1);
+        crate::memory::check_fits(bytes, grid, &format!("volume {}", set.source(i).display()))?;
         let f = match model {
             // MedicalNet reads nibabel's (X, Y, Z) as (D, H, W).
             Backbone::ResNet3d(m) => to_vec2(m.features(volume_xyz(m, &vol, size, |h| h / 1000.0)?)?)?,
@@ -900,6 +913,28 @@ pub fn fid_3d(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volumes_with_non_finite_voxels_are_refused_by_name() {
+        use text2ct_io::nifti_io::{write_nifti, DType, WriteOptions};
+        let d = std::env::temp_dir().join(format!("text2ct-fid-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let a = text2ct_io::Affine::from_spacing_origin([1.0; 3], [0.0; 3]).unwrap();
+        let vol = text2ct_io::Volume::from_fn([4, 4, 4], a, |x, _, _| x as f32 * 10.0).unwrap();
+        let opts = WriteOptions { dtype: DType::F32, ..WriteOptions::ct_hu() };
+        for (name, bad) in [("nan.nii", f32::NAN), ("inf.nii", f32::INFINITY)] {
+            let p = d.join(name);
+            write_nifti(&p, &vol, &opts).unwrap();
+            assert!(VolumeSet::open(&p).unwrap().load(0).is_ok());
+            // Voxel (1, 0, 0) of the float32 data (it starts at vox_offset 352).
+            let mut b = std::fs::read(&p).unwrap();
+            b[356..360].copy_from_slice(&bad.to_le_bytes());
+            std::fs::write(&p, b).unwrap();
+            let e = VolumeSet::open(&p).unwrap().load(0).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("non-finite") && e.contains("(1, 0, 0)"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn monai_pad_crop_offsets() {

@@ -4,7 +4,8 @@
 //! * [`linalg`]: the small dense linear-algebra kernels behind it.
 //! * [`classification`]: ROC AUC (ties), average precision, precision at a threshold, macro/weighted averages.
 //! * [`fid`]: the FID pipeline: MAISI's 2.5D protocol and a 3D protocol over volume sets, with the
-//!   backbones of text2ct-models; JSON / Markdown reports.
+//!   backbones of text2ct-models; JSON / Markdown reports. [`memory`]: its peak memory per volume,
+//!   estimated (and refused when it cannot fit) before a volume is prepared.
 //! * [`factual`]: factual correctness (Table 3): the CT-Net classifier folder, labelled volume sets
 //!   (NIfTI + sidecars or manifests matched to a labels CSV), predictions, AUC / precision reports.
 //! * [`retrieval`]: Recall@K, MAP@K, and CT-CLIP's volume-to-volume computation.
@@ -18,6 +19,7 @@ pub mod factual;
 pub mod fid;
 pub mod frechet;
 pub mod linalg;
+pub mod memory;
 pub mod prompt_effects;
 pub mod retrieval;
 

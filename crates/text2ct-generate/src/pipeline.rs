@@ -51,15 +51,14 @@ pub struct SampleOptions {
 }
 
 impl SampleOptions {
-    /// Check what does not depend on the model: at least one step, a finite guidance scale, a
-    /// positive decode window. Front ends call it before doing any work.
+    /// Check what does not depend on the model: at least one step, a finite guidance scale
+    /// within ±[`crate::limits::MAX_GUIDANCE`], a positive decode window. Front ends call it
+    /// before doing any work.
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
             return Err(GenerateError::Invalid("the number of sampling steps must be at least 1".into()));
         }
-        if !self.guidance.is_finite() {
-            return Err(GenerateError::Invalid(format!("the guidance scale {} is not finite", self.guidance)));
-        }
+        crate::limits::check_guidance(self.guidance)?;
         if self.negative_prompt.as_deref().is_some_and(|n| n.trim().is_empty()) {
             return Err(GenerateError::Invalid(
                 "the negative prompt is empty (leave it out for the zero context)".into(),
@@ -412,6 +411,7 @@ impl Pipeline {
     ) -> Result<Generated> {
         opts.validate()?;
         let latent = self.check_size(opts.size)?;
+        crate::memory::check_fits(self, opts)?;
         let t0 = Instant::now();
         let (ctx, truncated) = self.encode_prompt(prompt)?;
         let (uncond, negative_truncated) = match opts.negative_prompt.as_deref() {

@@ -81,6 +81,69 @@ impl Limits {
     }
 }
 
+/// Check, before any work, that `dir` is a folder this process can write in, or can be created
+/// as one — without creating it (a job refused later for another reason leaves nothing behind).
+/// The error says what is wrong in words: the path is a file, a part of it is a file, or the
+/// nearest existing folder refuses writes (permissions, a read-only file system). Every command
+/// that writes into a folder calls it first (see also [`check_output_file`]).
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    // The nearest part of the path that exists.
+    let mut existing = dir;
+    loop {
+        match std::fs::metadata(existing) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) if existing == dir => {
+                return Err(IoError::invalid(format!("{}: exists and is a file, not a folder", dir.display())))
+            }
+            Ok(_) => {
+                return Err(IoError::invalid(format!(
+                    "{}: cannot be created because {} is a file, not a folder",
+                    dir.display(),
+                    existing.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(IoError::os(existing, e));
+            }
+            // Not found (or a file on the way, ENOTDIR): look one level up.
+            Err(_) => match existing.parent() {
+                Some(p) if !p.as_os_str().is_empty() => existing = p,
+                _ => {
+                    existing = Path::new(".");
+                    if !existing.is_dir() {
+                        return Err(IoError::invalid("the current folder is not accessible"));
+                    }
+                    break;
+                }
+            },
+        }
+    }
+    let probe = existing.join(format!(".text2ct-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => {
+            let what = if existing == dir {
+                format!("{}: cannot write in this folder ({e})", dir.display())
+            } else {
+                format!("{}: cannot be created: cannot write in {} ({e})", dir.display(), existing.display())
+            };
+            Err(IoError::invalid(what))
+        }
+    }
+}
+
+/// [`check_output_dir`] for the folder of an output file, and that `file` is not a folder.
+pub fn check_output_file(file: &Path) -> Result<()> {
+    if file.is_dir() {
+        return Err(IoError::invalid(format!("{}: is a folder, not a file", file.display())));
+    }
+    check_output_dir(file.parent().unwrap_or(Path::new(".")))
+}
+
 /// Write a file atomically: write into a temporary file beside it, then rename.
 /// `write` gets the temporary path; the extension of `path` is kept on it (some writers
 /// dispatch on the extension).
@@ -111,4 +174,42 @@ pub fn atomic_write<T>(path: &Path, write: impl FnOnce(&Path) -> Result<T>) -> R
 /// Atomic write of bytes.
 pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     atomic_write(path, |tmp| std::fs::write(tmp, bytes).map_err(|e| IoError::os(tmp, e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_folders_are_checked_without_being_created() {
+        let d = std::env::temp_dir().join(format!("text2ct-outdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        // A folder that exists, one that can be made (left uncreated), a relative one.
+        check_output_dir(&d).unwrap();
+        check_output_dir(&d.join("a/b/c")).unwrap();
+        assert!(!d.join("a").exists());
+        check_output_dir(Path::new("")).unwrap();
+        // A file where the folder should be, or on the way to it.
+        let f = d.join("file");
+        std::fs::write(&f, b"x").unwrap();
+        let e = check_output_dir(&f).unwrap_err().to_string();
+        assert!(e.contains("exists and is a file, not a folder") && e.contains("file"), "{e}");
+        let e = check_output_dir(&f.join("sub/deeper")).unwrap_err().to_string();
+        assert!(e.contains("cannot be created because") && e.contains("is a file"), "{e}");
+        // A folder nobody may write in (a read-only file system, even for root).
+        if Path::new("/proc/self").is_dir() {
+            let e = check_output_dir(Path::new("/proc/self")).unwrap_err().to_string();
+            assert!(e.contains("/proc/self: cannot write in this folder (") && !e.contains("Os {"), "{e}");
+            let e = check_output_dir(Path::new("/proc/self/new/out")).unwrap_err().to_string();
+            assert!(e.contains("cannot write in /proc/self"), "{e}");
+        }
+        // Output files: the folder is checked, and the file must not be a folder.
+        check_output_file(&d.join("x.npy")).unwrap();
+        check_output_file(Path::new("x.npy")).unwrap();
+        assert!(check_output_file(&d).unwrap_err().to_string().contains("is a folder"));
+        assert!(check_output_file(&f.join("x.npy")).is_err());
+        assert!(std::fs::read_dir(&d).unwrap().count() == 1, "the probe file is removed");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

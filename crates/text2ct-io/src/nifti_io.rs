@@ -141,10 +141,29 @@ pub fn read_nifti(path: &Path, limits: &Limits) -> Result<(Volume, NiftiInfo)> {
     if &hdr.magic == b"ni1\0" {
         return Err(IoError::format(path, "header/image pairs (.hdr/.img) are not supported; use a single .nii"));
     }
-    let ndim = hdr.dim[0] as usize;
-    if !(1..=7).contains(&ndim) {
-        return Err(IoError::format(path, format!("dim[0] = {} is not in 1..7", hdr.dim[0])));
+    // dim[] as the file stores it (signed, in the byte order sizeof_hdr shows), checked before
+    // the nifti crate's values are used: that crate takes a dim[0] outside 1..7 as a sign of the
+    // other byte order and swaps it (9 would be reported as 2304), and reads dim[] unsigned (-1
+    // would become 65535 and be reported as a truncated file).
+    let little = sizeof_le == 348;
+    let raw_dim: [i16; 8] = std::array::from_fn(|i| {
+        let b = [hbytes[40 + 2 * i], hbytes[41 + 2 * i]];
+        if little {
+            i16::from_le_bytes(b)
+        } else {
+            i16::from_be_bytes(b)
+        }
+    });
+    if !(1..=7).contains(&raw_dim[0]) {
+        return Err(IoError::format(path, format!("dim[0] = {} is not in 1..7", raw_dim[0])));
     }
+    if let Some(i) = (1..=raw_dim[0] as usize).find(|&i| raw_dim[i] < 0) {
+        return Err(IoError::format(
+            path,
+            format!("negative dimension: dim[{i}] = {} (dim = {:?})", raw_dim[i], &raw_dim[..=raw_dim[0] as usize]),
+        ));
+    }
+    let ndim = raw_dim[0] as usize;
     let mut dims = [1usize; 3];
     for (i, d) in dims.iter_mut().enumerate().take(ndim.min(3)) {
         *d = hdr.dim[i + 1] as usize;
@@ -336,7 +355,11 @@ pub fn write_nifti(path: &Path, vol: &Volume, opts: &WriteOptions) -> Result<()>
             DType::U8 => w.write_nifti(&c_view(sat::<u8>(vol.data()), nx, ny, nz)),
             DType::I8 => w.write_nifti(&c_view(sat::<i8>(vol.data()), nx, ny, nz)),
         };
-        res.map_err(|e| IoError::format(tmp, format!("writing NIfTI failed: {e}")))
+        res.map_err(|e| match e {
+            // The OS error itself ("Permission denied (os error 13)"), at the file asked for.
+            nifti::NiftiError::Io(e) => IoError::os(path, e),
+            e => IoError::format(path, format!("writing NIfTI failed: {e}")),
+        })
     })
 }
 
@@ -505,6 +528,21 @@ mod tests {
             m[42 + 2 * i..44 + 2 * i].copy_from_slice(&30000u16.to_le_bytes());
         }
         check("huge.nii", &m, "limit");
+        // dim[0] out of range is printed as the file has it (not byte-swapped: 9, not 2304).
+        let mut m = bytes.clone();
+        m[40..42].copy_from_slice(&9i16.to_le_bytes());
+        check("dim0.nii", &m, "dim[0] = 9 is not in 1..7");
+        m[40..42].copy_from_slice(&(-3i16).to_le_bytes());
+        check("dim0neg.nii", &m, "dim[0] = -3 is not in 1..7");
+        // A negative dimension is said to be one, not reported as a truncated file.
+        let mut m = bytes.clone();
+        m[44..46].copy_from_slice(&(-1i16).to_le_bytes());
+        check("negdim.nii", &m, "negative dimension: dim[2] = -1");
+        // The same in a big-endian header.
+        let mut be = bytes.clone();
+        be[0..4].copy_from_slice(&348i32.to_be_bytes());
+        be[40..42].copy_from_slice(&9i16.to_be_bytes());
+        check("dim0be.nii", &be, "dim[0] = 9 is not in 1..7");
         // Zero spacing.
         let mut m = bytes.clone();
         m[80..84].copy_from_slice(&0.0f32.to_le_bytes());

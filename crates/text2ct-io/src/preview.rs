@@ -141,8 +141,10 @@ pub fn stack_horizontal(images: &[GrayImage], gap: u32) -> GrayImage {
 /// Save a PNG atomically.
 pub fn save_png(img: &GrayImage, path: &Path) -> Result<()> {
     atomic_write(path, |tmp| {
-        img.save_with_format(tmp, image::ImageFormat::Png)
-            .map_err(|e| IoError::format(tmp, format!("writing PNG failed: {e}")))
+        img.save_with_format(tmp, image::ImageFormat::Png).map_err(|e| match e {
+            image::ImageError::IoError(e) => IoError::os(path, e),
+            e => IoError::format(path, format!("writing PNG failed: {e}")),
+        })
     })
 }
 

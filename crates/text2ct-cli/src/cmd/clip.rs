@@ -119,6 +119,7 @@ fn export_text(a: ExportTextArgs) -> anyhow::Result<()> {
     if !a.output.to_string_lossy().to_lowercase().ends_with(".safetensors") {
         bail!("--output must be a .safetensors file, got {}", a.output.display());
     }
+    crate::util::output_file(&a.output, "--output")?;
     let cfg = ClipTextConfig::from_json_file(&a.config)?;
     let dev = text2ct_models::burn::tensor::Device::flex();
     // Load strictly first, so a wrong or partial file is refused with every bad key named.
@@ -147,7 +148,7 @@ pub(crate) fn check_output(p: &Path) -> anyhow::Result<()> {
     if !p.to_string_lossy().to_lowercase().ends_with(".npy") {
         bail!("--output must be a .npy file, got {}", p.display());
     }
-    Ok(())
+    crate::util::output_file(p, "--output")
 }
 
 fn sidecar(out: &Path) -> PathBuf {

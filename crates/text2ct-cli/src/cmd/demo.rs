@@ -28,6 +28,7 @@ pub struct DemoArgs {
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
+    crate::util::output_dir(&a.out, "--out")?;
     let t0 = std::time::Instant::now();
     let data = a.out.join("phantoms");
     let cfg = DatasetConfig {

@@ -91,6 +91,7 @@ pub fn run(a: PromptEffectsArgs) -> Result<()> {
     if a.pairs == 0 {
         bail!("--pairs must be positive");
     }
+    crate::util::output_dir(&a.out, "--out")?;
     let dev = a.device.get()?;
     let dir = a.model.clone();
     let p = Pipeline::load(&dir, &dev).with_context(|| format!("loading the model {}", dir.display()))?;

@@ -275,6 +275,7 @@ fn run_fid(a: FidArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be positive");
     }
+    crate::util::output_dir(&a.out, "--out")?;
     let real = VolumeSet::open(&a.real).context("--real")?;
     let fake = VolumeSet::open(&a.fake).context("--fake")?;
     for (what, s) in [("--real", &real), ("--fake", &fake)] {
@@ -317,6 +318,14 @@ fn run_fid(a: FidArgs) -> Result<()> {
     if !want2d && n2d > 0 || !want3d && n3d > 0 {
         bail!("--mode {mode} does not use every --backbone given");
     }
+    // The grid's memory, before any volume is read (each volume is checked again with its own
+    // dims when it is read).
+    if let Some(size) = size {
+        for b in &backbones {
+            let bytes = text2ct_eval::memory::fid_volume_bytes(&b.model, size, size, a.batch);
+            text2ct_eval::memory::check_fits(bytes, size, &format!("--size with {}", b.info.name))?;
+        }
+    }
     let mut report = FidReport::new(&real, &fake);
     let total = real.len() + fake.len();
     for b in &backbones {
@@ -356,6 +365,7 @@ fn run_fid(a: FidArgs) -> Result<()> {
 
 fn run_clip(a: ClipEvalArgs) -> Result<()> {
     use text2ct_bench::clip::{run_clip_eval, write_clip_eval, ClipEvalConfig};
+    crate::util::output_dir(&a.out, "--out")?;
     let cfg = ClipEvalConfig { model: a.model, manifest: a.manifest, batch: a.batch, limit: a.limit };
     let rep = run_clip_eval(&cfg, &Device::flex(), &mut |m| eprintln!("{m}"))?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -412,6 +422,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         threshold: a.threshold,
         pad_crop: a.pad_crop,
     };
+    crate::util::output_dir(&a.out, "--out")?;
     let pb = crate::util::progress(0, "sweep");
     let rep = run_sweep(&cfg, &a.out, &a.device.get()?, &mut |e| match e {
         SweepEvent::Scale { w, index, total } => {
@@ -449,6 +460,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
 fn run_report(a: ReportArgs) -> Result<()> {
     use text2ct_bench::report::{run_report, EvalConfig, ReportRun};
     let cfg = EvalConfig::from_file(&a.config)?;
+    crate::util::output_dir(&a.out, "--out")?;
     let run = ReportRun { config: &cfg, config_path: &a.config, command: std::env::args().collect(), out: &a.out };
     let dev = a.device.get()?;
     let rep = run_report(&run, &dev, &mut |section, m| eprintln!("[{section}] {m}"))?;
@@ -474,6 +486,7 @@ fn run_factual(a: FactualArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be positive");
     }
+    crate::util::output_dir(&a.out, "--out")?;
     let mut sets: Vec<(Option<String>, PathBuf)> = a.volumes.iter().map(|v| split_named(v)).collect();
     if sets.len() == 1 && sets[0].0.is_none() {
         sets[0].0 = a.name.clone();
@@ -558,6 +571,7 @@ fn run_augment(a: AugmentArgs) -> Result<()> {
     use text2ct_bench::augment::{run_study, AugmentStudyConfig};
     let cfg = AugmentStudyConfig::from_file_with(&a.config, a.out_dir.as_deref(), a.steps)
         .with_context(|| format!("reading {}", a.config.display()))?;
+    crate::util::output_dir(&cfg.study.out_dir, "the output folder (--out-dir or study.out_dir)")?;
     let pb = crate::util::progress(0, "augment");
     let mut on_event = |ev: text2ct_train::ProgressEvent| match ev {
         text2ct_train::ProgressEvent::Start { start_step, total_steps, .. } => {

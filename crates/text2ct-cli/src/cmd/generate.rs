@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use text2ct_generate::pipeline::Pipeline;
-use text2ct_generate::{jobs_for_prompt, jobs_from_csv, output, Shard};
+use text2ct_generate::{output, JobList, Shard};
 use text2ct_models::burn::prelude::{Tensor, TensorData};
 use text2ct_models::NpyArray;
 
@@ -101,6 +101,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.count == 0 {
         bail!("--count must be at least 1");
     }
+    if let Some(g) = a.guidance {
+        text2ct_generate::limits::check_guidance(g).context("--guidance")?;
+    }
     let shard = match &a.shard {
         Some(s) => Shard::parse(s)?,
         None => Shard::ALL,
@@ -110,14 +113,15 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             if shard != Shard::ALL {
                 bail!("--shard applies to --reports, not to a single --prompt");
             }
-            jobs_for_prompt(p, a.count, a.seed)?
+            JobList::for_prompt(p, a.count, a.seed).context("--prompt, --count and --seed")?
         }
-        (None, Some(csv)) => jobs_from_csv(csv, a.count, a.seed, shard)?,
+        (None, Some(csv)) => JobList::from_csv(csv, a.count, a.seed, shard).context("--reports, --count and --seed")?,
         _ => bail!("give --prompt \"…\" or --reports CSV"),
     };
     if a.noise.is_some() && jobs.len() != 1 {
         bail!("--noise reproduces one volume: use it with one prompt and --count 1");
     }
+    crate::util::output_dir(&a.out, "--out")?;
     eprintln!("loading {} …", model.display());
     let mut p = Pipeline::load(&model, &device).with_context(|| format!("loading the model in {}", model.display()))?;
     if let Some(precision) = precision {
@@ -128,9 +132,6 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         opts.steps = s;
     }
     if let Some(g) = a.guidance {
-        if !g.is_finite() {
-            bail!("--guidance must be a finite number");
-        }
         opts.guidance = g;
     }
     if let Some(s) = &a.sampler {
@@ -146,6 +147,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     opts.validate()?;
     let latent = p.check_size(opts.size)?;
+    let mem = text2ct_generate::memory::check_fits(&p, &opts).context("--size")?;
     let noise = match &a.noise {
         Some(path) => {
             let n = NpyArray::read(path)?;
@@ -161,7 +163,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => None,
     };
     eprintln!(
-        "model {} ({}); sampler {} {} steps, guidance {}{}, output {:?} at {:?} mm; scale factor {} ({}); {} convolutions",
+        "model {} ({}); sampler {} {} steps, guidance {}{}, output {:?} at {:?} mm; scale factor {} ({}); \
+         {} convolutions; memory: about {} per volume (estimated)",
         p.card.name,
         p.card.trained_on,
         opts.sampler,
@@ -175,7 +178,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         p.card.output.spacing,
         p.scale_factor,
         p.scale_factor_source,
-        p.precision_in_effect()
+        p.precision_in_effect(),
+        text2ct_io::memory::format_bytes(mem.peak())
     );
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mp = MultiProgress::new();
@@ -188,27 +192,27 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     steps.set_message("sampling");
     let (mut done, mut skipped) = (0, 0);
     let mut noise = noise;
-    for job in &jobs {
-        if !a.overwrite && output::is_done(&a.out, job) {
+    for job in jobs.iter() {
+        if !a.overwrite && output::is_done(&a.out, &job) {
             // A job killed between the sidecar and the DICOM series gets its series now.
             if a.dicom && !a.out.join(format!("{}_dicom", job.stem())).is_dir() {
                 let json = a.out.join(format!("{}.json", job.stem()));
                 let text = std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
                 let sc: output::Sidecar =
                     serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
-                write_dicom(&a.out, job, &sc)?;
+                write_dicom(&a.out, &job, &sc)?;
             }
             skipped += 1;
             vols.inc(1);
             continue;
         }
         steps.reset();
-        let sc = p.run_job(job, &opts, &a.out, noise.take(), &mut |i, n| {
+        let sc = p.run_job(&job, &opts, &a.out, noise.take(), &mut |i, n| {
             steps.set_length(n as u64);
             steps.set_position(i as u64);
         })?;
         if a.dicom {
-            write_dicom(&a.out, job, &sc)?;
+            write_dicom(&a.out, &job, &sc)?;
         }
         if sc.prompt_truncated {
             mp.suspend(|| {

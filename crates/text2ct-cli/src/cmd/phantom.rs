@@ -74,6 +74,7 @@ pub fn run(a: PhantomArgs) -> Result<()> {
         store_raw: a.store_raw,
     };
     cfg.validate()?;
+    crate::util::output_dir(&a.out, "--out")?;
     let t0 = std::time::Instant::now();
     let pb = progress(cfg.count as u64, "phantom");
     let s = write_ctrate_dataset(&a.out, &cfg, |n| pb.set_position(n as u64))?;

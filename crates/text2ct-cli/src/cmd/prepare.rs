@@ -70,6 +70,7 @@ pub fn ctrate(a: CtrateArgs) -> Result<()> {
     pre.validate()?;
     let rescale = RescalePolicy::parse(&a.rescale)
         .ok_or_else(|| anyhow!("--rescale must be auto, apply or never, got {:?}", a.rescale))?;
+    crate::util::output_dir(&a.out, "--out")?;
     let opts = PrepareOptions {
         root: a.root.clone(),
         split,

@@ -29,6 +29,7 @@ pub struct PreviewArgs {
 
 pub fn run(a: PreviewArgs) -> Result<()> {
     let windows = parse_windows(&a.window)?;
+    crate::util::output_file(&a.out, "--out")?;
     let mut rows = Vec::with_capacity(a.volumes.len());
     for path in &a.volumes {
         let vol = load_volume(path, a.series.as_deref())?;

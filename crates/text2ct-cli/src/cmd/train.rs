@@ -58,8 +58,8 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
     }
 }
 
-/// Apply the command-line overrides to a run section.
-fn apply_overrides(run: &mut RunConfig, a: TrainArgs) {
+/// Apply the command-line overrides to a run section, and check its output folder.
+fn apply_overrides(run: &mut RunConfig, a: TrainArgs) -> Result<()> {
     run.resume |= a.resume;
     if let Some(s) = a.steps {
         run.steps = s;
@@ -67,6 +67,7 @@ fn apply_overrides(run: &mut RunConfig, a: TrainArgs) {
     if let Some(o) = a.out_dir {
         run.out_dir = o;
     }
+    crate::util::output_dir(&run.out_dir, "the output folder (--out-dir or [run] out_dir)")
 }
 
 /// The progress bar of every training command.
@@ -116,7 +117,7 @@ fn bar_events<'a>(
 
 fn vae(a: TrainArgs) -> Result<()> {
     let mut cfg = VaeTrainConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    apply_overrides(&mut cfg.run, a);
+    apply_overrides(&mut cfg.run, a)?;
     cfg.validate()?;
     let pb = training_bar("train", cfg.run.steps);
     let mut on_event = bar_events(
@@ -157,7 +158,7 @@ fn vae(a: TrainArgs) -> Result<()> {
 fn ldm(a: TrainArgs) -> Result<()> {
     use text2ct_train::LdmTrainConfig;
     let mut cfg = LdmTrainConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    apply_overrides(&mut cfg.run, a);
+    apply_overrides(&mut cfg.run, a)?;
     cfg.validate()?;
     let pb = training_bar("ldm", cfg.run.steps);
     let mut on_event = bar_events(
@@ -185,7 +186,7 @@ fn ldm(a: TrainArgs) -> Result<()> {
 fn clip(a: TrainArgs) -> Result<()> {
     use text2ct_train::clip::{train_clip, ClipTrainConfig};
     let mut cfg = ClipTrainConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    apply_overrides(&mut cfg.run, a);
+    apply_overrides(&mut cfg.run, a)?;
     cfg.validate()?;
     let pb = training_bar("clip", cfg.run.steps);
     let mut on_event = bar_events(
@@ -213,7 +214,7 @@ fn classifier(a: TrainArgs) -> Result<()> {
     use text2ct_train::classifier::{train, ClassifierTrainConfig};
     let mut cfg =
         ClassifierTrainConfig::from_file(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    apply_overrides(&mut cfg.run, a);
+    apply_overrides(&mut cfg.run, a)?;
     cfg.validate()?;
     let pb = training_bar("ctnet", cfg.run.steps);
     let mut on_event = bar_events(

@@ -3,9 +3,11 @@
 //! - `text2ct unet forward --config C.json --weights W --x X.npy --t T.npy --context CTX.npy
 //!   [--spacing S.npy] [--class-labels L.npy] --output OUT.npy`
 //!   X float32 `[B, C, X, Y, Z]` (a latent; extents multiples of `2^(levels-1)`), T `[B]` float
-//!   timesteps (Text2CT: in [0, 1000]), CTX `[B, S, cross_attention_dim]` (Text2CT: `[B, 1, 768]`;
-//!   a 2D `[B, D]` is read as `[B, 1, D]`), S `[B, 3]` voxel spacing in mm already times 100
-//!   (Text2CT: 75, 75, 300), L `[B]` class labels stored as floats (whole numbers; Text2CT: 1 = CT).
+//!   timesteps (in [0, 1000]: Text2CT's rectified flow uses that range), CTX
+//!   `[B, S, cross_attention_dim]` (Text2CT: `[B, 1, 768]`; a 2D `[B, D]` is read as `[B, 1, D]`),
+//!   S `[B, 3]` voxel spacing in mm already times 100, positive (Text2CT: 75, 75, 300), L `[B]`
+//!   class labels stored as floats (whole numbers; Text2CT: 1 = CT); NaN or infinite values are
+//!   refused.
 //!   OUT gets the network output float32 `[B, out_channels, X, Y, Z]` (Text2CT: the rectified-flow
 //!   velocity).
 //!
@@ -23,6 +25,12 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use text2ct_models::burn::tensor::{Int, Tensor, TensorData};
 use text2ct_models::{NpyArray, Unet, UnetCond, UnetConfig};
+
+use crate::util::check_finite;
+
+/// The largest timestep `--t` accepts: the schedulers' `num_train_timesteps` (1000; rectified
+/// flow runs on [0, 1000], DDPM/DDIM on 0..999).
+const MAX_TIMESTEP: f32 = 1000.0;
 
 #[derive(clap::Args, Debug)]
 pub struct UnetArgs {
@@ -87,19 +95,30 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
     if !a.output.to_string_lossy().to_ascii_lowercase().ends_with(".npy") {
         bail!("--output must be a .npy file, got {}", a.output.display());
     }
+    crate::util::output_file(&a.output, "--output")?;
     let cfg = UnetConfig::from_json_file(&a.config).context("reading the U-Net config")?;
     let device = a.device.get()?;
     let precision = a.precision.get(&device)?;
 
     let xa = read(&a.x, "--x")?;
+    check_finite(&xa.data, &a.x, "--x")?;
     let xs: [usize; 5] =
         xa.shape.clone().try_into().map_err(|_| shape_err(&a.x, "--x", "5D [B,C,X,Y,Z]", &xa.shape))?;
     let b = xs[0];
     let ta = read(&a.t, "--t")?;
+    check_finite(&ta.data, &a.t, "--t")?;
+    if let Some(t) = ta.data.iter().find(|t| !(0.0..=MAX_TIMESTEP).contains(*t)) {
+        bail!(
+            "{}: --t holds the timestep {t}, outside [0, {MAX_TIMESTEP}] (every text2ct scheduler trains on 1000 \
+             timesteps)",
+            a.t.display()
+        );
+    }
     if ta.shape != [b] {
         return Err(shape_err(&a.t, "--t", &format!("[B] = [{b}] (one timestep per batch item)"), &ta.shape));
     }
     let ca = read(&a.context, "--context")?;
+    check_finite(&ca.data, &a.context, "--context")?;
     let cs: [usize; 3] = match ca.shape[..] {
         [cb, s, d] => [cb, s, d],
         [cb, d] => [cb, 1, d],
@@ -110,6 +129,10 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
             let s = read(p, "--spacing")?;
             if s.shape != [b, 3] {
                 return Err(shape_err(p, "--spacing", &format!("[B,3] = [{b},3]"), &s.shape));
+            }
+            check_finite(&s.data, p, "--spacing")?;
+            if let Some(v) = s.data.iter().find(|v| **v <= 0.0) {
+                bail!("{}: --spacing holds {v}: voxel spacings (mm x 100) must be positive", p.display());
             }
             Some(Tensor::<2>::from_data(TensorData::new(s.data, [b, 3]), &device))
         }

@@ -152,9 +152,7 @@ fn to_tensor(a: NpyArray, what: &str, path: &Path, device: &Device) -> anyhow::R
         a.shape.clone().try_into().map_err(|_| {
             anyhow::anyhow!("{}: {what} must be 5D [B,C,X,Y,Z], got shape {:?}", path.display(), a.shape)
         })?;
-    if let Some(v) = a.data.iter().find(|v| !v.is_finite()) {
-        bail!("{}: {what} holds a non-finite value ({v})", path.display());
-    }
+    crate::util::check_finite(&a.data, path, what)?;
     Ok(Tensor::from_data(TensorData::new(a.data, shape), device))
 }
 
@@ -166,6 +164,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
     if !is_npy(&a.output) {
         bail!("--output must be a .npy file, got {}", a.output.display());
     }
+    crate::util::output_file(&a.output, "--output")?;
     let device = a.device.get()?;
     let precision = a.precision.get(&device)?;
     let x = if is_npy(&a.input) {
@@ -216,6 +215,7 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     if !nifti_out && !is_npy(&a.output) {
         bail!("--output must be .npy or .nii/.nii.gz, got {}", a.output.display());
     }
+    crate::util::output_file(&a.output, "--output")?;
     let spacing: [f64; 3] =
         a.spacing.clone().try_into().map_err(|_| anyhow::anyhow!("--spacing needs three values X,Y,Z"))?;
     if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {

@@ -103,8 +103,11 @@ impl MappedVolume {
         // mapped file is never modified in place by text2ct.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| IoError::os(path, e))?;
         let h = NpyHeader::parse(&map[..map.len().min(1 << 16)], path)?;
-        if h.dtype != NpyType::I16 || !h.fortran_order || h.shape.len() != 3 {
-            return Err(IoError::format(path, "a prepared volume must be int16, Fortran order, 3D"));
+        if h.dtype != NpyType::I16 || h.big_endian || !h.fortran_order || h.shape.len() != 3 {
+            return Err(IoError::format(
+                path,
+                "a prepared volume must be little-endian int16 (<i2), Fortran order, 3D",
+            ));
         }
         let dims = [h.shape[0], h.shape[1], h.shape[2]];
         if map.len() != h.data_offset + 2 * h.len() {

@@ -35,9 +35,24 @@ pub struct ManifestEntry {
     pub source: String,
     /// What was done to get HU (see `preprocess::HuDecision`).
     pub hu: serde_json::Value,
+    /// The source's voxel size from the NIfTI header and from the metadata CSV, and which one
+    /// was used (absent in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_spacing: Option<SourceSpacing>,
     /// Non-fatal remarks (e.g. header spacing disagrees with the metadata CSV).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// The voxel size of a source volume (mm, in the source file's voxel-axis order) as its NIfTI
+/// header and the metadata CSV give it (see `prepare --spacing-source`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SourceSpacing {
+    /// The one used.
+    pub used: crate::ctrate::SpacingSource,
+    pub header: [f64; 3],
+    /// `None` when the metadata CSV has no usable XYSpacing/ZSpacing for the volume.
+    pub metadata: Option<[f64; 3]>,
 }
 
 /// Description of a prepared data set.

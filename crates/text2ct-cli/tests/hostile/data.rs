@@ -183,6 +183,18 @@ pub fn cases() -> Vec<Case> {
             .mentions("NumberOfFrames 40"),
     );
 
+    // Issue 21 item 14: an unknown --spacing-source.
+    let r = d.join("spacing-source");
+    phantom(&r);
+    let (root, out) = (s(&r), s(&d.join("spacing-source-out")));
+    let mut a = prepare(&root, &out);
+    a.extend(["--spacing-source", "dicom"]);
+    cases.push(
+        Case::new("prepare-spacing-source-unknown", &a)
+            .mentions("--spacing-source")
+            .writes_nothing_at(d.join("spacing-source-out")),
+    );
+
     // Issue 21 item 10: `.npy` of any NumPy dtype is read, but a conversion that would change a
     // value is refused naming the file (`unet forward` on the small U-Net fixtures).
     let big = d.join("labels_int64_huge.npy");

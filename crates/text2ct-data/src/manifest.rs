@@ -125,7 +125,7 @@ impl MappedVolume {
             ));
         }
         let dims = [h.shape[0], h.shape[1], h.shape[2]];
-        if map.len() != h.data_offset + 2 * h.len() {
+        if Some(map.len()) != h.len().checked_mul(2).and_then(|n| n.checked_add(h.data_offset)) {
             return Err(IoError::format(path, "prepared volume is truncated"));
         }
         Ok(MappedVolume { map, offset: h.data_offset, dims })
@@ -159,4 +159,30 @@ pub fn volume_path(manifest: &Path, entry: &ManifestEntry) -> PathBuf {
 /// The label names, as owned strings (for `dataset.json`).
 pub fn label_names() -> Vec<String> {
     LABELS.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prepared volume whose shape product overflows (2^32 x 2^32 x 1 wraps to 0 elements,
+    /// which an empty data section would have matched) is refused, not mapped.
+    #[test]
+    fn overflowing_shape_is_refused() {
+        let d = std::env::temp_dir().join(format!("text2ct-manifest-overflow-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("v.npy");
+        let mut dict = "{'descr': '<i2', 'fortran_order': True, 'shape': (4294967296, 4294967296, 1), }".to_string();
+        while (10 + dict.len() + 1) % 64 != 0 {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        b.extend_from_slice(dict.as_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = MappedVolume::open(&p).err().expect("refused").to_string();
+        assert!(e.contains("v.npy") && e.contains("truncated"), "{e}");
+        std::fs::remove_dir_all(&d).ok();
+    }
 }

@@ -168,8 +168,10 @@ pub struct NpyHeader {
 }
 
 impl NpyHeader {
+    /// The number of elements (saturating: a shape whose product overflows is never a real
+    /// file, and saturation keeps every size comparison with it false).
     pub fn len(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -122,14 +122,6 @@ struct MetaRow {
     spacing: Option<[f64; 3]>,
 }
 
-/// Read a CSV (see [`crate::csvfile`]) into (header, rows, indices of `needed`), naming any
-/// missing column.
-fn read_csv(path: &Path, needed: &[&str]) -> Result<(Vec<String>, Vec<Vec<String>>, Vec<usize>)> {
-    let t = CsvTable::read(path)?;
-    let idx = t.require(needed)?;
-    Ok((t.header, t.rows.into_iter().map(|r| r.fields).collect(), idx))
-}
-
 fn parse_label(s: &str) -> Option<u8> {
     match s.trim() {
         "0" | "0.0" | "False" | "false" => Some(0),
@@ -143,8 +135,8 @@ pub fn parse_xy_spacing(s: &str) -> Option<[f64; 2]> {
     let t = s.trim().trim_start_matches('[').trim_end_matches(']');
     let v: Vec<f64> = t.split(',').filter_map(|p| p.trim().parse::<f64>().ok()).collect();
     match v.as_slice() {
-        [a] if *a > 0.0 => Some([*a, *a]),
-        [a, b] if *a > 0.0 && *b > 0.0 => Some([*a, *b]),
+        [a] if a.is_finite() && *a > 0.0 => Some([*a, *a]),
+        [a, b] if [a, b].iter().all(|v| v.is_finite() && **v > 0.0) => Some([*a, *b]),
         _ => None,
     }
 }
@@ -157,36 +149,39 @@ pub fn plan(opts: &PrepareOptions) -> Result<Plan> {
     let mut skipped = Vec::new();
 
     let rpath = layout::reports_csv(root, split);
-    let (_, rrows, ri) = read_csv(&rpath, &["VolumeName", "Findings_EN", "Impressions_EN"])?;
+    let reports = CsvTable::read(&rpath)?;
+    let ri = reports.require(&["VolumeName", "Findings_EN", "Impressions_EN"])?;
     let lpath = layout::labels_csv(root, split);
     let mut lneed = vec!["VolumeName"];
     lneed.extend(LABELS.iter());
-    let (_, lrows, li) = read_csv(&lpath, &lneed)?;
+    let label_table = CsvTable::read(&lpath)?;
+    let li = label_table.require(&lneed)?;
     let mut labels: HashMap<String, std::result::Result<Vec<u8>, String>> = HashMap::new();
-    for row in &lrows {
-        let name = row[li[0]].trim().to_string();
-        let vals: Option<Vec<u8>> = (0..NUM_LABELS).map(|k| parse_label(&row[li[k + 1]])).collect();
+    for row in &label_table.rows {
+        let name = row.get(li[0]).trim().to_string();
+        let vals: Option<Vec<u8>> = (0..NUM_LABELS).map(|k| parse_label(row.get(li[k + 1]))).collect();
         labels.insert(name, vals.ok_or_else(|| "labels row holds a value that is not 0/1".to_string()));
     }
 
     let mpath = layout::metadata_csv(root, split);
     let mut meta: HashMap<String, MetaRow> = HashMap::new();
     if mpath.exists() {
-        let (header, mrows, mi) = read_csv(&mpath, &layout::METADATA_COLUMNS)?;
-        let zi = header.iter().position(|h| h == layout::METADATA_ZSPACING);
-        for row in &mrows {
+        let table = CsvTable::read(&mpath)?;
+        let mi = table.require(&layout::METADATA_COLUMNS)?;
+        let zi = table.column(layout::METADATA_ZSPACING);
+        for row in &table.rows {
             let number = |col: &str, cell: &str| {
                 cell.trim().parse::<f64>().map_err(|_| format!("{col} {cell:?} is not a number"))
             };
-            let rescale =
-                number("RescaleSlope", &row[mi[1]]).and_then(|s| Ok((s, number("RescaleIntercept", &row[mi[2]])?)));
-            let xy = parse_xy_spacing(&row[mi[3]]);
-            let z = zi.and_then(|z| row[z].trim().parse::<f64>().ok()).filter(|z| z.is_finite() && *z > 0.0);
+            let rescale = number("RescaleSlope", row.get(mi[1]))
+                .and_then(|s| Ok((s, number("RescaleIntercept", row.get(mi[2]))?)));
+            let xy = parse_xy_spacing(row.get(mi[3]));
+            let z = zi.and_then(|z| row.get(z).trim().parse::<f64>().ok()).filter(|z| z.is_finite() && *z > 0.0);
             let spacing = match (xy, z) {
                 (Some([a, b]), Some(z)) => Some([a, b, z]),
                 _ => None,
             };
-            meta.insert(row[mi[0]].trim().to_string(), MetaRow { rescale, spacing });
+            meta.insert(row.get(mi[0]).trim().to_string(), MetaRow { rescale, spacing });
         }
     } else {
         warnings.push(format!("{}: no metadata CSV; slope/intercept not known, volumes taken as HU", mpath.display()));
@@ -203,8 +198,8 @@ pub fn plan(opts: &PrepareOptions) -> Result<Plan> {
     let use_fixed = fixed_dir.is_dir();
     let mut seen = HashSet::new();
     let mut items = Vec::new();
-    for row in &rrows {
-        let name = row[ri[0]].trim().to_string();
+    for row in &reports.rows {
+        let name = row.get(ri[0]).trim().to_string();
         let skip = |reason: &str| Skipped { volume: name.clone(), reason: reason.to_string() };
         if !seen.insert(name.clone()) {
             skipped.push(skip("duplicate row in the reports CSV"));
@@ -263,7 +258,7 @@ pub fn plan(opts: &PrepareOptions) -> Result<Plan> {
         items.push(Item {
             name: name.clone(),
             path,
-            report: layout::report_text(row[ri[1]].trim(), row[ri[2]].trim()),
+            report: layout::report_text(row.get(ri[1]).trim(), row.get(ri[2]).trim()),
             labels: labs,
             rescale,
             meta_spacing,

@@ -173,7 +173,7 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let p = d.join("v.npy");
         let mut dict = "{'descr': '<i2', 'fortran_order': True, 'shape': (4294967296, 4294967296, 1), }".to_string();
-        while (10 + dict.len() + 1) % 64 != 0 {
+        while !(10 + dict.len() + 1).is_multiple_of(64) {
             dict.push(' ');
         }
         dict.push('\n');

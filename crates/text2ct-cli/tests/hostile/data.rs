@@ -263,7 +263,7 @@ fn unet_forward(out: &Path) -> Vec<String> {
 /// A `.npy` written byte by byte as NumPy writes it (version 1.0, header padded to 64 bytes).
 fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
     let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + dict.len() + 1) % 64 != 0 {
+    while !(10 + dict.len() + 1).is_multiple_of(64) {
         dict.push(' ');
     }
     dict.push('\n');

@@ -126,3 +126,44 @@ fn slope_that_does_not_parse_is_skipped_not_stored_raw() {
     assert!(summary.contains("RescaleIntercept \\\"\\\" is not a number"), "{summary}");
     assert!(!d.join("p2/volumes/train_2_a_1.npy").exists());
 }
+
+/// Issue 21 item 14: the metadata CSV's spacing disagreeing with the NIfTI header went
+/// unremarked. Each such volume is warned about; `--spacing-source` picks one; the manifest
+/// records the choice and both values.
+#[test]
+fn spacing_disagreement_is_warned_chosen_and_recorded() {
+    let d = tmp("spacing");
+    let root = d.join("r");
+    phantom(&root, &[]);
+    let meta = std::fs::read_to_string(metadata(&root)).unwrap();
+    let row = meta.lines().find(|l| l.starts_with("train_1_a_1.nii.gz,")).unwrap();
+    let z: f64 = fields(row)[4].parse().unwrap();
+    edit_metadata(&root, "train_1_a_1.nii.gz", "ZSpacing", &format!("{}", z * 1.2));
+    let manifest = |out: &Path| -> Vec<serde_json::Value> {
+        let m = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+        m.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    for (source, used) in [(None, "header"), (Some("metadata"), "metadata")] {
+        let out = d.join(format!("p-{used}"));
+        let extra: Vec<&str> = source.map(|s| vec!["--spacing-source", s]).unwrap_or_default();
+        let (_, stderr) = ok(&args(&prepare(&root, &out, &extra)));
+        let warn: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: ")).collect();
+        assert_eq!(warn.len(), 1, "{stderr}");
+        assert!(warn[0].starts_with("warning: train_1_a_1: the NIfTI header's voxel size"), "{stderr}");
+        assert!(warn[0].contains(&format!("{used}'s is used")), "{stderr}");
+        let m = manifest(&out);
+        let e1 = m.iter().find(|e| e["id"] == "train_1_a_1").unwrap();
+        let sp = &e1["source_spacing"];
+        assert_eq!(sp["used"], used);
+        let (h, md) = (sp["header"][2].as_f64().unwrap(), sp["metadata"][2].as_f64().unwrap());
+        assert!((h - z).abs() < 1e-4 && (md - 1.2 * z).abs() < 1e-4, "{sp}");
+        assert_eq!(e1["warnings"].as_array().unwrap().len(), 1);
+        let e2 = m.iter().find(|e| e["id"] == "train_2_a_1").unwrap();
+        assert!(e2.get("warnings").is_none(), "{e2}");
+        assert_eq!(e2["source_spacing"]["header"], e2["source_spacing"]["metadata"]);
+    }
+    // (What the choice does to the geometry: text2ct-data's tests/ctrate.rs.)
+    let o = run(&args(&prepare(&root, &d.join("bad"), &["--spacing-source", "dicom"])));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--spacing-source must be header or metadata"));
+}

@@ -15,7 +15,7 @@ use text2ct_io::{IoError, Limits, Result};
 use crate::csvfile::CsvTable;
 use crate::labels::{LABELS, NUM_LABELS};
 use crate::layout::{self, Split};
-use crate::manifest::{label_names, write_manifest, DatasetInfo, ManifestEntry};
+use crate::manifest::{label_names, write_manifest, DatasetInfo, ManifestEntry, SourceSpacing};
 use crate::preprocess::{decide_hu, preprocess, PreprocessConfig, RescalePolicy};
 
 /// Options of `text2ct prepare ctrate`.
@@ -26,10 +26,44 @@ pub struct PrepareOptions {
     pub out: PathBuf,
     pub preprocess: PreprocessConfig,
     pub rescale: RescalePolicy,
+    /// Where the source voxel size comes from (the NIfTI header, as the release, or the
+    /// metadata CSV's XYSpacing / ZSpacing).
+    pub spacing_source: SpacingSource,
     /// Stop after this many usable rows (after exclusions).
     pub limit: Option<usize>,
     pub jobs: usize,
     pub limits: Limits,
+}
+
+/// Where `prepare` takes a source volume's voxel size from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpacingSource {
+    /// The NIfTI header (what the released code does).
+    Header,
+    /// The metadata CSV's `XYSpacing` and `ZSpacing` (the DICOM values); the header's
+    /// directions and origin are kept.
+    Metadata,
+}
+
+impl SpacingSource {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "header" => Some(Self::Header),
+            "metadata" => Some(Self::Metadata),
+            _ => None,
+        }
+    }
+}
+
+/// Relative difference above which the header's and the metadata's voxel sizes disagree.
+pub const SPACING_TOLERANCE: f64 = 0.01;
+
+/// The metadata CSV's voxel size in the voxel-axis order of a volume with affine `a`: the axis
+/// that runs along world x gets `XYSpacing[0]`, along y `XYSpacing[1]`, along z (the slice axis
+/// of an axial CT) `ZSpacing`, whatever the order of the axes in the file.
+pub fn metadata_spacing_in_voxel_order(a: &text2ct_io::Affine, xy_z: [f64; 3]) -> [f64; 3] {
+    a.axis_mapping().map(|(world, _)| xy_z[world])
 }
 
 /// A row that was not prepared, and why.
@@ -88,14 +122,6 @@ struct MetaRow {
     spacing: Option<[f64; 3]>,
 }
 
-/// Read a CSV (see [`crate::csvfile`]) into (header, rows, indices of `needed`), naming any
-/// missing column.
-fn read_csv(path: &Path, needed: &[&str]) -> Result<(Vec<String>, Vec<Vec<String>>, Vec<usize>)> {
-    let t = CsvTable::read(path)?;
-    let idx = t.require(needed)?;
-    Ok((t.header, t.rows.into_iter().map(|r| r.fields).collect(), idx))
-}
-
 fn parse_label(s: &str) -> Option<u8> {
     match s.trim() {
         "0" | "0.0" | "False" | "false" => Some(0),
@@ -109,8 +135,8 @@ pub fn parse_xy_spacing(s: &str) -> Option<[f64; 2]> {
     let t = s.trim().trim_start_matches('[').trim_end_matches(']');
     let v: Vec<f64> = t.split(',').filter_map(|p| p.trim().parse::<f64>().ok()).collect();
     match v.as_slice() {
-        [a] if *a > 0.0 => Some([*a, *a]),
-        [a, b] if *a > 0.0 && *b > 0.0 => Some([*a, *b]),
+        [a] if a.is_finite() && *a > 0.0 => Some([*a, *a]),
+        [a, b] if [a, b].iter().all(|v| v.is_finite() && **v > 0.0) => Some([*a, *b]),
         _ => None,
     }
 }
@@ -123,36 +149,39 @@ pub fn plan(opts: &PrepareOptions) -> Result<Plan> {
     let mut skipped = Vec::new();
 
     let rpath = layout::reports_csv(root, split);
-    let (_, rrows, ri) = read_csv(&rpath, &["VolumeName", "Findings_EN", "Impressions_EN"])?;
+    let reports = CsvTable::read(&rpath)?;
+    let ri = reports.require(&["VolumeName", "Findings_EN", "Impressions_EN"])?;
     let lpath = layout::labels_csv(root, split);
     let mut lneed = vec!["VolumeName"];
     lneed.extend(LABELS.iter());
-    let (_, lrows, li) = read_csv(&lpath, &lneed)?;
+    let label_table = CsvTable::read(&lpath)?;
+    let li = label_table.require(&lneed)?;
     let mut labels: HashMap<String, std::result::Result<Vec<u8>, String>> = HashMap::new();
-    for row in &lrows {
-        let name = row[li[0]].trim().to_string();
-        let vals: Option<Vec<u8>> = (0..NUM_LABELS).map(|k| parse_label(&row[li[k + 1]])).collect();
+    for row in &label_table.rows {
+        let name = row.get(li[0]).trim().to_string();
+        let vals: Option<Vec<u8>> = (0..NUM_LABELS).map(|k| parse_label(row.get(li[k + 1]))).collect();
         labels.insert(name, vals.ok_or_else(|| "labels row holds a value that is not 0/1".to_string()));
     }
 
     let mpath = layout::metadata_csv(root, split);
     let mut meta: HashMap<String, MetaRow> = HashMap::new();
     if mpath.exists() {
-        let (header, mrows, mi) = read_csv(&mpath, &layout::METADATA_COLUMNS)?;
-        let zi = header.iter().position(|h| h == layout::METADATA_ZSPACING);
-        for row in &mrows {
+        let table = CsvTable::read(&mpath)?;
+        let mi = table.require(&layout::METADATA_COLUMNS)?;
+        let zi = table.column(layout::METADATA_ZSPACING);
+        for row in &table.rows {
             let number = |col: &str, cell: &str| {
                 cell.trim().parse::<f64>().map_err(|_| format!("{col} {cell:?} is not a number"))
             };
-            let rescale =
-                number("RescaleSlope", &row[mi[1]]).and_then(|s| Ok((s, number("RescaleIntercept", &row[mi[2]])?)));
-            let xy = parse_xy_spacing(&row[mi[3]]);
-            let z = zi.and_then(|z| row[z].trim().parse::<f64>().ok()).filter(|z| z.is_finite() && *z > 0.0);
+            let rescale = number("RescaleSlope", row.get(mi[1]))
+                .and_then(|s| Ok((s, number("RescaleIntercept", row.get(mi[2]))?)));
+            let xy = parse_xy_spacing(row.get(mi[3]));
+            let z = zi.and_then(|z| row.get(z).trim().parse::<f64>().ok()).filter(|z| z.is_finite() && *z > 0.0);
             let spacing = match (xy, z) {
                 (Some([a, b]), Some(z)) => Some([a, b, z]),
                 _ => None,
             };
-            meta.insert(row[mi[0]].trim().to_string(), MetaRow { rescale, spacing });
+            meta.insert(row.get(mi[0]).trim().to_string(), MetaRow { rescale, spacing });
         }
     } else {
         warnings.push(format!("{}: no metadata CSV; slope/intercept not known, volumes taken as HU", mpath.display()));
@@ -169,8 +198,8 @@ pub fn plan(opts: &PrepareOptions) -> Result<Plan> {
     let use_fixed = fixed_dir.is_dir();
     let mut seen = HashSet::new();
     let mut items = Vec::new();
-    for row in &rrows {
-        let name = row[ri[0]].trim().to_string();
+    for row in &reports.rows {
+        let name = row.get(ri[0]).trim().to_string();
         let skip = |reason: &str| Skipped { volume: name.clone(), reason: reason.to_string() };
         if !seen.insert(name.clone()) {
             skipped.push(skip("duplicate row in the reports CSV"));
@@ -229,7 +258,7 @@ pub fn plan(opts: &PrepareOptions) -> Result<Plan> {
         items.push(Item {
             name: name.clone(),
             path,
-            report: layout::report_text(row[ri[1]].trim(), row[ri[2]].trim()),
+            report: layout::report_text(row.get(ri[1]).trim(), row.get(ri[2]).trim()),
             labels: labs,
             rescale,
             meta_spacing,
@@ -269,18 +298,33 @@ pub fn prepare_item(item: &Item, opts: &PrepareOptions) -> Outcome {
         let (mut vol, info) = read_nifti(&item.path, &opts.limits)?;
         vol.check_finite().map_err(|e| e.at(&item.path))?;
         let mut warnings = Vec::new();
-        if let Some(ms) = item.meta_spacing {
-            let hs = vol.spacing();
-            // Header axes may be permuted relative to (x, y, z); compare sorted in-plane + z loosely.
-            let close = |a: f64, b: f64| (a - b).abs() <= 0.05 * b.max(1e-6);
-            let mut hsorted = hs;
-            hsorted.sort_by(f64::total_cmp);
-            let mut msorted = ms;
-            msorted.sort_by(f64::total_cmp);
-            if !(0..3).all(|i| close(hsorted[i], msorted[i])) {
-                warnings.push(format!("header spacing {hs:?} differs from the metadata CSV {ms:?}; header used"));
+        let header = vol.spacing();
+        let metadata = item.meta_spacing.map(|m| metadata_spacing_in_voxel_order(vol.affine(), m));
+        if let Some(m) = metadata {
+            if (0..3).any(|i| (header[i] - m[i]).abs() > SPACING_TOLERANCE * m[i]) {
+                let used = match opts.spacing_source {
+                    SpacingSource::Header => "the header's is used (--spacing-source metadata for the other)",
+                    SpacingSource::Metadata => "the metadata's is used",
+                };
+                warnings.push(format!(
+                    "the NIfTI header's voxel size {} mm differs from the metadata CSV's XYSpacing/ZSpacing {} mm \
+                     by more than {}%; {used}",
+                    fmt_mm(header),
+                    fmt_mm(m),
+                    SPACING_TOLERANCE * 100.0
+                ));
             }
         }
+        if opts.spacing_source == SpacingSource::Metadata {
+            let m = metadata.ok_or_else(|| {
+                IoError::invalid(
+                    "--spacing-source metadata: the metadata CSV has no usable XYSpacing/ZSpacing for this volume",
+                )
+            })?;
+            let a = text2ct_io::Affine::from_parts(vol.affine().direction(), m, vol.origin())?;
+            vol.set_affine(a)?;
+        }
+        let source_spacing = SourceSpacing { used: opts.spacing_source, header, metadata };
         let hu = decide_hu(&mut vol, &info, item.rescale, opts.rescale).map_err(|e| e.at(&item.path))?;
         let out = preprocess(&vol, &opts.preprocess).map_err(|e| e.at(&item.path))?;
         let data: Vec<i16> = out.data().iter().map(|v| v.round() as i16).collect();
@@ -296,6 +340,7 @@ pub fn prepare_item(item: &Item, opts: &PrepareOptions) -> Outcome {
             affine: out.affine().0,
             source: item.path.display().to_string(),
             hu: serde_json::to_value(&hu).unwrap_or_default(),
+            source_spacing: Some(source_spacing),
             warnings,
         };
         let json = serde_json::to_vec_pretty(&entry).map_err(|e| IoError::invalid(e.to_string()))?;
@@ -376,6 +421,10 @@ pub fn run(
     };
     atomic_write_bytes(&opts.out.join("summary.json"), &to_json(&summary))?;
     Ok(summary)
+}
+
+fn fmt_mm(v: [f64; 3]) -> String {
+    v.map(|x| format!("{}", (x * 1e4).round() / 1e4)).join(" x ")
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {

@@ -35,9 +35,24 @@ pub struct ManifestEntry {
     pub source: String,
     /// What was done to get HU (see `preprocess::HuDecision`).
     pub hu: serde_json::Value,
+    /// The source's voxel size from the NIfTI header and from the metadata CSV, and which one
+    /// was used (absent in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_spacing: Option<SourceSpacing>,
     /// Non-fatal remarks (e.g. header spacing disagrees with the metadata CSV).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// The voxel size of a source volume (mm, in the source file's voxel-axis order) as its NIfTI
+/// header and the metadata CSV give it (see `prepare --spacing-source`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SourceSpacing {
+    /// The one used.
+    pub used: crate::ctrate::SpacingSource,
+    pub header: [f64; 3],
+    /// `None` when the metadata CSV has no usable XYSpacing/ZSpacing for the volume.
+    pub metadata: Option<[f64; 3]>,
 }
 
 /// Description of a prepared data set.
@@ -103,11 +118,14 @@ impl MappedVolume {
         // mapped file is never modified in place by text2ct.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| IoError::os(path, e))?;
         let h = NpyHeader::parse(&map[..map.len().min(1 << 16)], path)?;
-        if h.dtype != NpyType::I16 || !h.fortran_order || h.shape.len() != 3 {
-            return Err(IoError::format(path, "a prepared volume must be int16, Fortran order, 3D"));
+        if h.dtype != NpyType::I16 || h.big_endian || !h.fortran_order || h.shape.len() != 3 {
+            return Err(IoError::format(
+                path,
+                "a prepared volume must be little-endian int16 (<i2), Fortran order, 3D",
+            ));
         }
         let dims = [h.shape[0], h.shape[1], h.shape[2]];
-        if map.len() != h.data_offset + 2 * h.len() {
+        if Some(map.len()) != h.len().checked_mul(2).and_then(|n| n.checked_add(h.data_offset)) {
             return Err(IoError::format(path, "prepared volume is truncated"));
         }
         Ok(MappedVolume { map, offset: h.data_offset, dims })
@@ -141,4 +159,30 @@ pub fn volume_path(manifest: &Path, entry: &ManifestEntry) -> PathBuf {
 /// The label names, as owned strings (for `dataset.json`).
 pub fn label_names() -> Vec<String> {
     LABELS.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prepared volume whose shape product overflows (2^32 x 2^32 x 1 wraps to 0 elements,
+    /// which an empty data section would have matched) is refused, not mapped.
+    #[test]
+    fn overflowing_shape_is_refused() {
+        let d = std::env::temp_dir().join(format!("text2ct-manifest-overflow-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("v.npy");
+        let mut dict = "{'descr': '<i2', 'fortran_order': True, 'shape': (4294967296, 4294967296, 1), }".to_string();
+        while !(10 + dict.len() + 1).is_multiple_of(64) {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        b.extend_from_slice(dict.as_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = MappedVolume::open(&p).err().expect("refused").to_string();
+        assert!(e.contains("v.npy") && e.contains("truncated"), "{e}");
+        std::fs::remove_dir_all(&d).ok();
+    }
 }

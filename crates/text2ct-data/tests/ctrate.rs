@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use text2ct_data::ctrate::{count_report_rows, plan, run, Outcome, PrepareOptions};
+use text2ct_data::ctrate::{count_report_rows, plan, run, Outcome, PrepareOptions, SpacingSource};
 use text2ct_data::labels::LABELS;
 use text2ct_data::layout::{self, Split};
 use text2ct_data::manifest::{read_manifest, volume_path, MappedVolume};
@@ -87,6 +87,7 @@ fn options(root: &Path, out: &Path) -> PrepareOptions {
             hu_max: 1000.0,
         },
         rescale: RescalePolicy::Auto,
+        spacing_source: SpacingSource::Header,
         limit: None,
         jobs: 2,
         limits: Limits::default(),
@@ -230,4 +231,67 @@ fn reports_csv_with_an_unterminated_quote_is_refused() {
     let e = plan(&options(&root, &root.join("o"))).unwrap_err().to_string();
     assert!(e.contains("train_reports.csv") && e.contains("line 4") && e.contains("opened on line 3"), "{e}");
     assert_eq!(count_report_rows(&root, Split::Train), 0);
+}
+
+/// Issue 21 item 14: the metadata CSV's spacing disagreeing with the NIfTI header was passed
+/// over in silence. Now each such item is warned about, `--spacing-source` chooses, and the
+/// manifest records the choice and both values.
+#[test]
+fn spacing_source_header_or_metadata() {
+    let root = tmp("spacing");
+    make_root(&root, &LABELS);
+    // The volumes' headers say 2 x 2 x 4 mm. train_1: the metadata says 5 mm slices (25 % off);
+    // train_2: 2.01 mm pixels (0.5 %, within the 1 % tolerance).
+    let mut meta = String::from("VolumeName,RescaleSlope,RescaleIntercept,XYSpacing,ZSpacing\n");
+    meta.push_str("train_1_a_1.nii.gz,1,-1024,\"[2.0, 2.0]\",5.0\n");
+    meta.push_str("train_2_a_1.nii.gz,1,-1024,\"[2.01, 2.0]\",4.0\n");
+    meta.push_str("train_4_a_1.nii.gz,1,-1024,\"[2.0, 2.0]\",4.0\n");
+    write(&layout::metadata_csv(&root, Split::Train), &meta);
+
+    let out = root.join("header");
+    let opts = options(&root, &out);
+    let s = run(&plan(&opts).unwrap(), &opts, 8, &|_| {}).unwrap();
+    assert_eq!(s.prepared, 2);
+    let m = read_manifest(&out.join("manifest.jsonl")).unwrap();
+    let e1 = m.iter().find(|e| e.id == "train_1_a_1").unwrap();
+    let e2 = m.iter().find(|e| e.id == "train_2_a_1").unwrap();
+    assert_eq!(e1.warnings.len(), 1, "{:?}", e1.warnings);
+    let w = &e1.warnings[0];
+    assert!(w.contains("2 x 2 x 4 mm") && w.contains("2 x 2 x 5 mm") && w.contains("header's is used"), "{w}");
+    assert!(e2.warnings.is_empty(), "{:?}", e2.warnings);
+    let sp = e1.source_spacing.clone().unwrap();
+    assert_eq!(sp.used, SpacingSource::Header);
+    assert_eq!(sp.header, [2.0, 2.0, 4.0]);
+    assert_eq!(sp.metadata, Some([2.0, 2.0, 5.0]));
+    // The header's 10 slices x 4 mm = 40 mm at 3 mm: 13 slices padded to 16 with air.
+    let body = |out: &Path, e: &text2ct_data::manifest::ManifestEntry| {
+        let v = MappedVolume::open(&volume_path(&out.join("manifest.jsonl"), e)).unwrap();
+        let vol = v.to_volume(&e.affine).unwrap();
+        (vol.get(8, 8, 0), vol.get(8, 8, 8))
+    };
+    assert_eq!(body(&out, e1), (-1000.0, 40.0));
+
+    let out = root.join("metadata");
+    let mut opts = options(&root, &out);
+    opts.spacing_source = SpacingSource::Metadata;
+    let s = run(&plan(&opts).unwrap(), &opts, 8, &|_| {}).unwrap();
+    assert_eq!(s.prepared, 2);
+    let m = read_manifest(&out.join("manifest.jsonl")).unwrap();
+    let e1 = m.iter().find(|e| e.id == "train_1_a_1").unwrap();
+    assert_eq!(e1.source_spacing.as_ref().unwrap().used, SpacingSource::Metadata);
+    assert!(e1.warnings[0].contains("metadata's is used"), "{:?}", e1.warnings);
+    // 10 slices x 5 mm = 50 mm: 17 slices cropped to 16, no air at the ends.
+    assert_eq!(body(&out, e1), (40.0, 40.0));
+
+    // --spacing-source metadata without a usable ZSpacing: the item is skipped with the reason.
+    write(
+        &layout::metadata_csv(&root, Split::Train),
+        &meta.replace("train_2_a_1.nii.gz,1,-1024,\"[2.01, 2.0]\",4.0", "train_2_a_1.nii.gz,1,-1024,\"[2.01, 2.0]\","),
+    );
+    let out = root.join("metadata2");
+    let mut opts = options(&root, &out);
+    opts.spacing_source = SpacingSource::Metadata;
+    let s = run(&plan(&opts).unwrap(), &opts, 8, &|_| {}).unwrap();
+    let k = s.skipped.iter().find(|k| k.volume.starts_with("train_2")).unwrap();
+    assert!(k.reason.contains("--spacing-source metadata") && k.reason.contains("ZSpacing"), "{}", k.reason);
 }

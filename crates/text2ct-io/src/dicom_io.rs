@@ -37,12 +37,15 @@ pub struct SeriesSummary {
     pub slices: usize,
 }
 
+/// Files passed over in a folder, each with the reason.
+pub type SkippedFiles = Vec<(PathBuf, String)>;
+
 /// What the reader found besides the volume.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DicomInfo {
     pub series: SeriesSummary,
     /// Files in the folder that are not DICOM (or not readable), with the reason.
-    pub skipped: Vec<(PathBuf, String)>,
+    pub skipped: SkippedFiles,
     /// Distance between consecutive slices, mm.
     pub slice_spacing: f64,
     /// SliceThickness as stated (informational only).
@@ -209,7 +212,7 @@ fn read_slice(path: &Path, obj: &DefaultDicomObject, limits: &Limits) -> Result<
 
 /// List the series in a folder (files directly inside it): the image series, and the files
 /// skipped with the reason (not DICOM, not an image, or DICOM that cannot be read).
-pub fn list_series(dir: &Path) -> Result<(Vec<SeriesSummary>, Vec<(PathBuf, String)>)> {
+pub fn list_series(dir: &Path) -> Result<(Vec<SeriesSummary>, SkippedFiles)> {
     let s = scan(dir)?;
     let mut skipped = s.skipped;
     skipped.extend(s.broken);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use text2ct_data::ctrate::{count_report_rows, plan, run as run_plan, PrepareOptions};
+use text2ct_data::ctrate::{count_report_rows, plan, run as run_plan, PrepareOptions, SpacingSource};
 use text2ct_data::layout::Split;
 use text2ct_data::manifest::{read_manifest, volume_path, MappedVolume};
 use text2ct_data::preprocess::{Mode, PreprocessConfig, RescalePolicy};
@@ -60,6 +60,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             ..PreprocessConfig::paper()
         },
         rescale: RescalePolicy::Auto,
+        spacing_source: SpacingSource::Header,
         limit: None,
         jobs: default_jobs(),
         limits: Limits::default(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
-use text2ct_data::ctrate::{count_report_rows, plan, run as run_plan, Outcome, PrepareOptions};
+use text2ct_data::ctrate::{count_report_rows, plan, run as run_plan, Outcome, PrepareOptions, SpacingSource};
 use text2ct_data::layout::Split;
 use text2ct_data::preprocess::{Mode, PreprocessConfig, RescalePolicy};
 use text2ct_io::Limits;
@@ -43,6 +43,11 @@ pub struct CtrateArgs {
     /// HU), apply (refuse if they already are), never.
     #[arg(long, default_value = "auto")]
     pub rescale: String,
+    /// Where the source voxel size comes from: header (the NIfTI header, as the released code)
+    /// or metadata (the metadata CSV's XYSpacing/ZSpacing). Either way a difference of more than
+    /// 1 % is warned about per volume, and both values are recorded in the manifest.
+    #[arg(long, default_value = "header")]
+    pub spacing_source: String,
     /// Prepare at most N volumes.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -70,6 +75,8 @@ pub fn ctrate(a: CtrateArgs) -> Result<()> {
     pre.validate()?;
     let rescale = RescalePolicy::parse(&a.rescale)
         .ok_or_else(|| anyhow!("--rescale must be auto, apply or never, got {:?}", a.rescale))?;
+    let spacing_source = SpacingSource::parse(&a.spacing_source)
+        .ok_or_else(|| anyhow!("--spacing-source must be header or metadata, got {:?}", a.spacing_source))?;
     crate::util::output_dir(&a.out, "--out")?;
     let opts = PrepareOptions {
         root: a.root.clone(),
@@ -77,6 +84,7 @@ pub fn ctrate(a: CtrateArgs) -> Result<()> {
         out: a.out.clone(),
         preprocess: pre,
         rescale,
+        spacing_source,
         limit: a.limit,
         jobs: a.jobs.unwrap_or_else(default_jobs),
         limits: Limits::default(),
@@ -87,8 +95,14 @@ pub fn ctrate(a: CtrateArgs) -> Result<()> {
     }
     let pb = progress(p.items.len() as u64, "prepare");
     let summary = run_plan(&p, &opts, count_report_rows(&a.root, split), &|o| {
-        if let Outcome::Failed(s) = o {
-            pb.suspend(|| eprintln!("skipped {}: {}", s.volume, s.reason));
+        match o {
+            Outcome::Failed(s) => pb.suspend(|| eprintln!("skipped {}: {}", s.volume, s.reason)),
+            Outcome::Prepared(e) => {
+                for w in &e.warnings {
+                    pb.suspend(|| eprintln!("warning: {}: {w}", e.id));
+                }
+            }
+            Outcome::AlreadyDone(_) => {}
         }
         pb.inc(1);
     })?;

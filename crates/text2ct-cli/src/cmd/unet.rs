@@ -6,8 +6,8 @@
 //!   timesteps (in [0, 1000]: Text2CT's rectified flow uses that range), CTX
 //!   `[B, S, cross_attention_dim]` (Text2CT: `[B, 1, 768]`; a 2D `[B, D]` is read as `[B, 1, D]`),
 //!   S `[B, 3]` voxel spacing in mm already times 100, positive (Text2CT: 75, 75, 300), L `[B]`
-//!   class labels stored as floats (whole numbers; Text2CT: 1 = CT); NaN or infinite values are
-//!   refused.
+//!   class labels, whole numbers of any integer dtype or as floats (Text2CT: 1 = CT); NaN or
+//!   infinite values are refused.
 //!   OUT gets the network output float32 `[B, out_channels, X, Y, Z]` (Text2CT: the rectified-flow
 //!   velocity).
 //!
@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use text2ct_io::npy::read_npy_i64;
+use text2ct_io::Limits;
 use text2ct_models::burn::tensor::{Int, Tensor, TensorData};
 use text2ct_models::{NpyArray, Unet, UnetCond, UnetConfig};
 
@@ -65,7 +67,8 @@ pub struct ForwardArgs {
     /// Voxel spacing .npy float32 [B,3], mm x 100 (needed when the config has include_spacing_input).
     #[arg(long)]
     pub spacing: Option<PathBuf>,
-    /// Class labels .npy [B] as float values (needed when the config has num_class_embeds).
+    /// Class labels .npy [B]: integers (any integer dtype, e.g. NumPy's default int64) or whole
+    /// floats (needed when the config has num_class_embeds).
     #[arg(long)]
     pub class_labels: Option<PathBuf>,
     /// Output .npy float32 [B,out_channels,X,Y,Z].
@@ -141,15 +144,15 @@ fn forward(a: ForwardArgs) -> anyhow::Result<()> {
         (None, false) => None,
     };
     let class_labels = match (&a.class_labels, cfg.num_class_embeds) {
-        (Some(p), Some(_)) => {
-            let l = read(p, "--class-labels")?;
-            if l.shape != [b] {
-                return Err(shape_err(p, "--class-labels", &format!("[B] = [{b}]"), &l.shape));
+        (Some(p), Some(k)) => {
+            // Any integer dtype (NumPy's default int64 included), bool, or whole floats.
+            let (shape, v) = read_npy_i64(p, &Limits::default()).context("reading --class-labels (whole numbers)")?;
+            if shape != [b] {
+                return Err(shape_err(p, "--class-labels", &format!("[B] = [{b}]"), &shape));
             }
-            if let Some(v) = l.data.iter().find(|v| !(v.is_finite() && v.fract() == 0.0 && **v >= 0.0)) {
-                bail!("{}: class labels must be non-negative whole numbers, found {v}", p.display());
+            if let Some(v) = v.iter().find(|&&v| v < 0 || v >= k as i64) {
+                bail!("{}: class label {v} is outside 0..{k} (num_class_embeds = {k})", p.display());
             }
-            let v: Vec<i64> = l.data.iter().map(|&x| x as i64).collect();
             Some(Tensor::<1, Int>::from_data(TensorData::new(v, [b]), &device))
         }
         (None, Some(k)) => {

@@ -182,7 +182,96 @@ pub fn cases() -> Vec<Case> {
             .mentions("IM0001.dcm")
             .mentions("NumberOfFrames 40"),
     );
+
+    // Issue 21 item 14: an unknown --spacing-source.
+    let r = d.join("spacing-source");
+    phantom(&r);
+    let (root, out) = (s(&r), s(&d.join("spacing-source-out")));
+    let mut a = prepare(&root, &out);
+    a.extend(["--spacing-source", "dicom"]);
+    cases.push(
+        Case::new("prepare-spacing-source-unknown", &a)
+            .mentions("--spacing-source")
+            .writes_nothing_at(d.join("spacing-source-out")),
+    );
+
+    // Issue 21 item 10: `.npy` of any NumPy dtype is read, but a conversion that would change a
+    // value is refused naming the file (`unet forward` on the small U-Net fixtures).
+    let big = d.join("labels_int64_huge.npy");
+    std::fs::write(&big, npy("<i8", "(2,)", &[1i64 << 40, 1].map(i64::to_le_bytes).concat())).unwrap();
+    let half = d.join("labels_half.npy");
+    std::fs::write(&half, npy("<f8", "(2,)", &[1.5f64, 1.0].map(f64::to_le_bytes).concat())).unwrap();
+    let bool7 = d.join("labels_bool7.npy");
+    std::fs::write(&bool7, npy("|b1", "(2,)", &[1, 7])).unwrap();
+    let complex = d.join("labels_complex.npy");
+    std::fs::write(&complex, npy("<c8", "(2,)", &[0; 16])).unwrap();
+    let out = d.join("unet-out.npy");
+    for (name, file, what) in [
+        ("npy-int64-label-out-of-range", &big, "1099511627776"),
+        ("npy-fractional-label", &half, "not a whole number"),
+        ("npy-bool-byte-7", &bool7, "bool byte 7"),
+        ("npy-unsupported-dtype", &complex, "unsupported dtype"),
+    ] {
+        let mut a = unet_forward(&out);
+        a.extend(["--class-labels".to_string(), s(file)]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let fname = file.file_name().unwrap().to_string_lossy().to_string();
+        cases.push(Case::new(name, &a).mentions(fname).mentions(what).writes_nothing_at(&out));
+    }
+    // An int64 latent whose value float32 cannot hold exactly.
+    let x = d.join("x_int64.npy");
+    let xs = text2ct_io::npy::NpyArray::read(&fixture("x.npy")).unwrap();
+    let mut xi: Vec<i64> = xs.data.iter().map(|v| *v as i64).collect();
+    xi[3] = (1 << 24) + 1;
+    let shape = format!("({})", xs.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+    std::fs::write(&x, npy("<i8", &shape, &xi.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())).unwrap();
+    let mut a = unet_forward(&out);
+    a.retain(|v| v != "--x" && !v.ends_with("/x.npy"));
+    a.extend(["--x".to_string(), s(&x), "--class-labels".to_string(), s(&fixture("class_labels.npy"))]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    cases.push(
+        Case::new("npy-int64-latent-beyond-float32", &a)
+            .mentions("x_int64.npy")
+            .mentions("element 3")
+            .writes_nothing_at(&out),
+    );
     cases
+}
+
+/// A file of the small U-Net fixtures of text2ct-models.
+fn fixture(f: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../text2ct-models/fixtures/unet_small").join(f)
+}
+
+/// `unet forward` on the fixtures, without `--class-labels`.
+fn unet_forward(out: &Path) -> Vec<String> {
+    let mut a: Vec<String> = ["unet", "forward"].map(String::from).to_vec();
+    for (k, f) in [
+        ("--config", "config.json"),
+        ("--weights", "unet.pt"),
+        ("--x", "x.npy"),
+        ("--t", "t.npy"),
+        ("--context", "context.npy"),
+        ("--spacing", "spacing.npy"),
+    ] {
+        a.extend([k.to_string(), s(&fixture(f))]);
+    }
+    a.extend(["--output".to_string(), s(out)]);
+    a
+}
+
+/// A `.npy` written byte by byte as NumPy writes it (version 1.0, header padded to 64 bytes).
+fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while !(10 + dict.len() + 1).is_multiple_of(64) {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.extend_from_slice(data);
+    out
 }
 
 /// A 6 x 5 x 4 CT series (IM0001.dcm … IM0004.dcm) written by text2ct's own DICOM writer.

@@ -63,11 +63,8 @@ pub struct GenerateArgs {
     /// reproduce a reference run exactly (single volume only).
     #[arg(long)]
     pub noise: Option<PathBuf>,
-    /// VAE sliding-window size X,Y,Z in latent voxels (default from the card; the release uses
-    /// 80,80,80, clipped to the latent). Peak memory grows with the window, not the volume: on a
-    /// CPU with 8 GiB use e.g. 32,32,16 for 512x512x128 outputs.
-    #[arg(long)]
-    pub decode_window: Option<String>,
+    #[command(flatten)]
+    pub decode: crate::util::DecodeArgs,
     #[command(flatten)]
     pub device: crate::util::DeviceArg,
     /// Regenerate volumes whose sidecar already exists (default: skip them, so a killed job
@@ -115,6 +112,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.noise.is_some() && jobs.len() != 1 {
         bail!("--noise reproduces one volume: use it with one prompt and --count 1");
     }
+    let (mode, window, splits) = a.decode.parse()?;
     eprintln!("loading {} …", model.display());
     let p = Pipeline::load(&model, &device).with_context(|| format!("loading the model in {}", model.display()))?;
     let mut opts = p.default_options();
@@ -135,9 +133,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(s) = &a.size {
         opts.size = parse_size(s)?;
     }
-    if let Some(w) = &a.decode_window {
-        opts.decode_window = Some(parse_size(w)?);
-    }
+    opts.set_decode(mode, window, splits, p.card.decode.window, p.default_decode_splits())?;
     opts.validate()?;
     let latent = p.check_size(opts.size)?;
     let noise = match &a.noise {
@@ -155,7 +151,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => None,
     };
     eprintln!(
-        "model {} ({}); sampler {} {} steps, guidance {}{}, output {:?} at {:?} mm; scale factor {} ({})",
+        "model {} ({}); sampler {} {} steps, guidance {}{}, output {:?} at {:?} mm; scale factor {} ({}); decode: {}",
         p.card.name,
         p.card.trained_on,
         opts.sampler,
@@ -168,7 +164,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         opts.size,
         p.card.output.spacing,
         p.scale_factor,
-        p.scale_factor_source
+        p.scale_factor_source,
+        p.describe_decode(&opts, latent)
     );
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mp = MultiProgress::new();

@@ -49,9 +49,12 @@ pub struct DecodeArgs {
     pub decode_splits: Option<usize>,
 }
 
+/// The decode mode, window and splits a command line gave (each `None` where not given).
+pub type DecodeChoice = (Option<text2ct_generate::pipeline::DecodeMode>, Option<[usize; 3]>, Option<usize>);
+
 impl DecodeArgs {
     /// The mode, window and splits given (each `None` where not given), checked.
-    pub fn parse(&self) -> Result<(Option<text2ct_generate::pipeline::DecodeMode>, Option<[usize; 3]>, Option<usize>)> {
+    pub fn parse(&self) -> Result<DecodeChoice> {
         let mode = match self.decode.as_deref() {
             Some(m) => Some(m.parse().map_err(|e| anyhow::anyhow!("--decode: {e}"))?),
             None => None,

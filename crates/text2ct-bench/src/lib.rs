@@ -9,6 +9,8 @@
 //! * [`augment`]: the augmentation study (Table 6): CT-Net trained on real / synthetic / both,
 //!   tested on real.
 //! * [`plot`]: metric-against-parameter panels as PNG.
+//! * [`speed`]: the speed benchmarks of `text2ct bench` (U-Net, VAE, one whole volume; seconds
+//!   per phase and peak memory).
 //!
 //! This crate sits above `text2ct-generate`, `text2ct-train` and `text2ct-eval` so that the
 //! metrics crate stays free of generation and training (see ARCHITECTURE.md).
@@ -19,6 +21,7 @@ pub mod error;
 pub mod fidset;
 pub mod plot;
 pub mod report;
+pub mod speed;
 pub mod sweep;
 
 pub use error::{BenchError, Result};

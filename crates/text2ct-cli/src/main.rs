@@ -51,6 +51,10 @@ enum Command {
     Text(cmd::text::TextArgs),
     /// The latent diffusion U-Net (MONAI DiffusionModelUNetMaisi): one forward pass on .npy inputs.
     Unet(cmd::unet::UnetArgs),
+    /// Time the real workload phase by phase, with peak memory: U-Net forwards, VAE encode and
+    /// decode, one whole generated volume (default: the released architecture, random weights).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// Check a compute device (e.g. a GPU backend) against the CPU backend, op by op, at growing sizes.
     DeviceCheck(cmd::device::DeviceCheckArgs),
     /// Train a model from a TOML config (`text2ct train vae --config configs/train_vae_phantom.toml`).
@@ -83,6 +87,7 @@ fn main() {
         Command::Unet(a) => cmd::unet::run(a),
         Command::Train(c) => cmd::train::run(c),
         Command::DeviceCheck(a) => cmd::device::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -52,6 +52,51 @@ impl PrecisionArg {
     }
 }
 
+/// How generation decodes its latent (`generate`, `bench generate`; `#[command(flatten)]`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DecodeArgs {
+    /// one-pass: the whole latent at once (GroupNorm statistics over the whole volume, every voxel
+    /// computed once; in --decode-splits slabs to bound memory), or sliding: window by window with
+    /// Gaussian blending, as the release decodes (each voxel ~4.6 times at its overlap of 0.4).
+    /// Default: the model card's (a sliding window for the release).
+    #[arg(long)]
+    pub decode: Option<String>,
+    /// VAE sliding-window size X,Y,Z in latent voxels (default from the card; the release uses
+    /// 80,80,80, clipped to the latent). Peak memory grows with the window, not the volume: on a
+    /// CPU with 8 GiB use e.g. 32,32,16 for 512x512x128 outputs. Implies --decode sliding.
+    #[arg(long)]
+    pub decode_window: Option<String>,
+    /// Slabs of the one-pass decode's largest layer (MAISI's num_splits; default: the VAE config's,
+    /// 4 for the release): memory falls with more slabs, each slab boundary adds two planes of
+    /// work. 1 decodes without splits. Implies --decode one-pass.
+    #[arg(long)]
+    pub decode_splits: Option<usize>,
+}
+
+/// The decode mode, window and splits a command line gave (each `None` where not given).
+pub type DecodeChoice = (Option<text2ct_generate::pipeline::DecodeMode>, Option<[usize; 3]>, Option<usize>);
+
+impl DecodeArgs {
+    /// The mode, window and splits given (each `None` where not given), checked.
+    pub fn parse(&self) -> Result<DecodeChoice> {
+        let mode = match self.decode.as_deref() {
+            Some(m) => Some(m.parse().map_err(|e| anyhow::anyhow!("--decode: {e}"))?),
+            None => None,
+        };
+        let window = match &self.decode_window {
+            Some(w) => Some(parse_size(w).map_err(|e| anyhow::anyhow!("--decode-window: {e}"))?),
+            None => None,
+        };
+        if let Some(s) = self.decode_splits {
+            let max = text2ct_generate::pipeline::MAX_DECODE_SPLITS;
+            if s == 0 || s > max {
+                bail!("--decode-splits must be in 1..={max}, got {s}");
+            }
+        }
+        Ok((mode, window, self.decode_splits))
+    }
+}
+
 /// Parse "X,Y,Z" into three numbers.
 pub fn parse_triple<T: std::str::FromStr>(s: &str, what: &str) -> Result<[T; 3]> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();

@@ -115,6 +115,17 @@ fn generate_from_reports_with_shards_and_resume() {
     let sc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("w/prompt_seed6.json")).unwrap()).unwrap();
     assert_eq!(sc["size"], serde_json::json!([32, 32, 16]));
+    assert_eq!(sc["decode"], "sliding window [8, 8, 4] latent voxels, overlap 0.4");
+    // The whole latent in one pass, in slabs: recorded in the sidecar; the same geometry, HU that
+    // differ from the sliding window's (windows normalise with their own statistics).
+    let (ok, _, err) = normal("o", &["--decode", "one-pass", "--decode-splits", "2"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("decode: one pass in 2 slabs"), "{err}");
+    let sc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("o/prompt_seed6.json")).unwrap()).unwrap();
+    assert_eq!(sc["decode"], "one pass in 2 slabs along x");
+    assert_eq!(sc["size"], serde_json::json!([32, 32, 16]));
+    assert_ne!(std::fs::read(d.join("o/prompt_seed6.nii.gz")).unwrap(), b);
     // A negative prompt changes the volume (same seed) and is recorded in the sidecar.
     let (ok, _, err) = normal("n", &["--negative-prompt", "Findings: Right pleural effusion."]);
     assert!(ok, "{err}");
@@ -149,6 +160,16 @@ fn generate_bad_input() {
         (&["generate", "--model", ms, "--prompt", "x", "--shard", "0/2"], "--shard"),
         (&["generate", "--model", ms, "--prompt", "x", "--device", "cuda"], "cuda"),
         (&["generate", "--model", ms, "--prompt", "x", "--decode-window", "4,0,4"], "size"),
+        (&["generate", "--model", ms, "--prompt", "x", "--decode", "twice"], "--decode"),
+        (&["generate", "--model", ms, "--prompt", "x", "--decode-splits", "0"], "--decode-splits"),
+        (
+            &["generate", "--model", ms, "--prompt", "x", "--decode-splits", "2", "--decode-window", "4,4,4"],
+            "--decode-splits",
+        ),
+        (
+            &["generate", "--model", ms, "--prompt", "x", "--decode", "sliding", "--decode-splits", "2"],
+            "--decode-splits",
+        ),
         (&["generate", "--model", ms, "--prompt", "x", "--sampler", "euler", "--steps", "1"], "euler"),
         (&["generate", "--model", ms, "--prompt", "x", "--negative-prompt", " "], "negative prompt is empty"),
         (&["generate", "--model", ms, "--prompt", "x", "--precision", "f16"], "--precision"),

@@ -186,6 +186,42 @@ fn encode_decode_npy_and_nifti() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// `--splits` decodes the whole latent in slabs: the MONAI fixture's output to the same tolerance as
+/// the plain decode, and the plain decode's to float rounding; `--splits` with `--window` and
+/// `--splits 0` are refused.
+#[test]
+fn split_decode_matches_monai_and_plain() {
+    let d = tmp("split");
+    let (cfg, w, input) = (small("config.json"), small("vae.pt"), small("dec_input.npy"));
+    let decode = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "vae",
+            "decode",
+            "--config",
+            &cfg,
+            "--weights",
+            &w,
+            "--input",
+            &input,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args).map(|_| NpyArray::read(out).unwrap())
+    };
+    let plain = decode(&d.join("plain.npy"), &[]).unwrap();
+    // 24 output planes along x: three slabs of 8 at the top level.
+    let split = decode(&d.join("split.npy"), &["--splits", "3"]).unwrap();
+    assert!(max_rel(&split, &plain) < 1e-5, "{}", max_rel(&split, &plain));
+    assert!(max_rel(&split, &NpyArray::read(Path::new(&small("dec_output.npy"))).unwrap()) < 1e-4);
+    let e = decode(&d.join("x.npy"), &["--splits", "2", "--window", "4,4,4"]).unwrap_err();
+    assert!(e.contains("--splits") && e.contains("--window"), "{e}");
+    let e = decode(&d.join("x.npy"), &["--splits", "0"]).unwrap_err();
+    assert!(e.contains("--splits"), "{e}");
+    assert!(!d.join("x.npy").exists());
+    std::fs::remove_dir_all(&d).ok();
+}
+
 #[test]
 fn clear_errors() {
     let d = tmp("err");

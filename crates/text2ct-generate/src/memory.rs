@@ -5,31 +5,14 @@
 //!
 //! # Where the memory goes (f32 everywhere, CPU backend)
 //!
-//! Notation: `B` the guidance batch (2 when both branches run in one U-Net call, 1 for `w = 0`
-//! or `w = 1`); U-Net level `l` has `C_l` channels, `n_l` ResBlocks per down block and `V_l`
-//! voxels (the latent's voxels / 8^l).
-//!
 //! 1. **Fixed**: the process itself ([`RUNTIME_BYTES`]: the binary with the embedded default
 //!    model, the allocator, thread stacks, the text encoder's and tokenizer's working memory) and
 //!    the weights of the three networks (their parameter counts × 4 bytes, as loaded).
-//! 2. **Sampling** (one U-Net call at a time; steps do not add up): every down block's outputs
-//!    (the skips) are held until the up path uses them. The peak comes in the up path, at the
-//!    first ResBlock of a level, whose input concatenates the level below's output (`C_h`
-//!    channels: `C_{l+1}`, or `C_l` at the deepest level) with a skip: live then are the `n_l`
-//!    skips still waiting at this level, every skip of the shallower levels (`(n_j + 1) C_j V_j`),
-//!    the concatenated input, its GroupNorm + SiLU output, the convolution's padded channel-last
-//!    copy of it (the direct convolution's) and the convolution's output:
-//!    `B V_l [n_l C_l + 3 (C_h + C_l) + C_l]`. At a level with attention the transformer's
-//!    feed-forward may be larger: GEGLU's `8 C` hidden, its `4 C` GELU and `4 C` product, with
-//!    the block's input, norm and residual, `≈ 20 C_l` per token (burn's attention itself is a
-//!    tiled kernel beyond 512 tokens, linear in the tokens). Besides: the latent, the noise, the
-//!    doubled input and the guided output, `8 C_in V_0`.
-//! 3. **Decoding** (MAISI decoder, in one pass or per window): the full-resolution level of one
-//!    window dominates. Entering decoder level `i` (`V_i` voxels of its output), the first
-//!    ResBlock holds its input (`c_in` channels), the GroupNorm + SiLU output, the padded copy
-//!    and its output (`c_out`): `V_i (3 c_in + c_out)`; the peak is the largest level. Decoding
-//!    window by window adds the full-size output accumulator, its weight map and the blended
-//!    result (`3 × out_channels × V_out`).
+//! 2. **Sampling** (one U-Net call at a time; steps do not add up): the U-Net's activations at
+//!    the guidance batch `B` (2 when both branches run in one U-Net call, 1 for `w = 0` or
+//!    `w = 1`), `text2ct_models::memory::unet_activations`.
+//! 3. **Decoding**: the MAISI decoder's activations in one pass, in slabs or per window, with the
+//!    sliding window's full-size buffers (`text2ct_models::memory::decoder_activations`).
 //! 4. **Writing**: the decoded tensor's values and the reordered volume (`8` bytes per output
 //!    voxel), then the NIfTI writer's int16 copy: at most 12 bytes per output voxel in all.
 //!
@@ -59,6 +42,7 @@
 //! activations + 84 MB of weights, against 1.96 GB measured.
 
 use text2ct_models::burn::module::Module;
+use text2ct_models::memory::{decoder_activations, prod, unet_activations, DecodeShape};
 use text2ct_models::unet::UnetConfig;
 use text2ct_models::vae::VaeConfig;
 
@@ -97,85 +81,27 @@ impl GenerationMemory {
     }
 }
 
-/// `a · b · c …` saturating at `u64::MAX` (absurd sizes must give an absurd estimate, not wrap).
-fn prod(xs: &[u64]) -> u64 {
-    xs.iter().fold(1u64, |a, &b| a.saturating_mul(b))
-}
-
-/// Voxels of `dims` halved `times` times (rounded up, as the networks pad).
-fn halved(dims: [usize; 3], times: usize) -> u64 {
-    prod(&dims.map(|d| (d as u64).div_ceil(1u64 << times.min(63))))
-}
-
-/// The U-Net's activation peak at `latent` voxels for batch `b` (bytes).
-pub fn unet_activations(unet: &UnetConfig, latent: [usize; 3], b: usize) -> Result<u64> {
-    let n = unet.num_channels.len();
-    let bad = |e: text2ct_models::ModelError| GenerateError::Invalid(format!("U-Net config: {e}"));
-    let res = unet.num_res_blocks.per_level(n, "num_res_blocks").map_err(bad)?;
-    if n == 0 || unet.attention_levels.len() != n {
-        return Err(GenerateError::Invalid("U-Net config: num_channels and attention_levels disagree".into()));
-    }
-    let c = |l: usize| unet.num_channels[l] as u64;
-    let b = b as u64;
-    let mut shallower = 0u64; // skips of the levels above the current one, in floats
-    let mut peak = 0u64;
-    for (l, &nl) in res.iter().enumerate() {
-        let v = halved(latent, l);
-        let ch = if l + 1 < n { c(l + 1) } else { c(l) };
-        let nl = nl as u64;
-        let resblock = nl * c(l) + 3 * (ch + c(l)) + c(l);
-        let attention = if unet.attention_levels[l] { nl * c(l) + 20 * c(l) } else { 0 };
-        let here = prod(&[b, v, resblock.max(attention)]).saturating_add(shallower);
-        peak = peak.max(here);
-        shallower = shallower.saturating_add(prod(&[b, v, (nl + 1) * c(l)]));
-    }
-    let io = prod(&[8, unet.in_channels as u64, halved(latent, 0)]);
-    Ok(prod(&[peak.saturating_add(io), F32]))
-}
-
-/// The VAE decoder's activation peak for a latent window of `window` voxels (bytes).
-pub fn decoder_activations(vae: &VaeConfig, window: [usize; 3]) -> u64 {
-    let n = vae.num_channels.len();
-    let rev: Vec<u64> = vae.num_channels.iter().rev().map(|&c| c as u64).collect();
-    let f = vae.downsample_factor() as u64;
-    let out = prod(&[prod(&window.map(|w| w as u64)), f, f, f]);
-    let mut peak = 0u64;
-    for i in 0..n {
-        let v = out / (1u64 << (3 * (n - 1 - i)).min(63)).max(1);
-        let c_in = if i == 0 { rev[0] } else { rev[i - 1] };
-        peak = peak.max(prod(&[v, 3 * c_in + rev[i]]));
-    }
-    prod(&[peak, F32])
-}
-
 /// The estimated peak memory of generating one volume of `size` voxels (X, Y, Z; already checked
 /// against the networks' multiples) with these networks: `weight_params` parameters in all,
-/// guidance batch `guidance_batch` (2, or 1 for `w = 0` / `w = 1`), decoded in one pass
-/// (`decode_window` `None`) or window by window (latent voxels, clipped to the latent).
+/// guidance batch `guidance_batch` (2, or 1 for `w = 0` / `w = 1`), decoded as `decode` says
+/// (a window in latent voxels, clipped to the latent).
 pub fn estimate(
     unet: &UnetConfig,
     vae: &VaeConfig,
     weight_params: u64,
     size: [usize; 3],
     guidance_batch: usize,
-    decode_window: Option<[usize; 3]>,
+    decode: DecodeShape,
 ) -> Result<GenerationMemory> {
     let f = vae.downsample_factor().max(1);
     let latent = size.map(|s| s.div_ceil(f));
     let out_voxels = prod(&size.map(|s| s as u64));
-    let out_ch = vae.out_channels as u64;
-    let decoding = match decode_window {
-        Some(w) if (0..3).any(|i| w[i] < latent[i]) => {
-            let w = [0, 1, 2].map(|i| w[i].clamp(1, latent[i]));
-            decoder_activations(vae, w).saturating_add(prod(&[3, out_ch, out_voxels, F32]))
-        }
-        _ => decoder_activations(vae, latent),
-    };
+    let bad = |e: text2ct_models::ModelError| GenerateError::Invalid(e.to_string());
     Ok(GenerationMemory {
         runtime: RUNTIME_BYTES,
         weights: prod(&[weight_params, F32]),
-        sampling: unet_activations(unet, latent, guidance_batch)?,
-        decoding,
+        sampling: unet_activations(unet, latent, guidance_batch).map_err(bad)?,
+        decoding: decoder_activations(vae, latent, decode),
         writing: prod(&[12, out_voxels]),
     })
 }
@@ -190,7 +116,15 @@ pub fn of_job(p: &Pipeline, opts: &SampleOptions) -> Result<GenerationMemory> {
     };
     let params = p.unet.net.num_params() + p.vae.net.num_params() + text;
     let batch = if opts.guidance == 0.0 || opts.guidance == 1.0 { 1 } else { 2 };
-    estimate(&p.unet.config, p.vae.config(), params as u64, opts.size, batch, opts.decode_window)
+    estimate(&p.unet.config, p.vae.config(), params as u64, opts.size, batch, decode_shape(opts))
+}
+
+/// How `opts` decodes: window by window when it has a window, else in one pass in its slabs.
+pub fn decode_shape(opts: &SampleOptions) -> DecodeShape {
+    match opts.decode_window {
+        Some(window) => DecodeShape::Sliding { window },
+        None => DecodeShape::OnePass { splits: opts.decode_splits },
+    }
 }
 
 /// Refuse a job whose estimated peak ([`of_job`]) does not fit in the memory available
@@ -203,9 +137,10 @@ pub fn check_fits(p: &Pipeline, opts: &SampleOptions) -> Result<GenerationMemory
         "generating one {x} x {y} x {z} volume [sampling {}, decoding {}{}, writing {}, weights {}, runtime {}]",
         gib(m.sampling),
         gib(m.decoding),
-        match opts.decode_window {
-            Some(w) => format!(" with decode window {w:?}"),
-            None => " in one pass".into(),
+        match decode_shape(opts) {
+            DecodeShape::Sliding { window } => format!(" with decode window {window:?}"),
+            DecodeShape::OnePass { splits: 1 } => " in one pass".into(),
+            DecodeShape::OnePass { splits } => format!(" in one pass, {splits} slabs"),
         },
         gib(m.writing),
         gib(m.weights),
@@ -214,8 +149,8 @@ pub fn check_fits(p: &Pipeline, opts: &SampleOptions) -> Result<GenerationMemory
     text2ct_io::memory::check_fits(&what, m.peak()).map_err(|e| {
         if m.decoding >= m.sampling && m.decoding > m.writing {
             GenerateError::Invalid(format!(
-                "{e}; the decoder takes the most of it: a decode window (generate --decode-window, e.g. 16,16,8) \
-                 bounds that part"
+                "{e}; the decoder takes the most of it: more slabs (generate --decode-splits, e.g. 16) or a \
+                 decode window (--decode-window, e.g. 16,16,8) bound that part"
             ))
         } else {
             e.into()
@@ -257,18 +192,13 @@ mod tests {
     }
 
     #[test]
-    fn maisi_decoder_matches_the_measured_window() {
-        // docs/performance.md: one 32 x 32 x 16 latent window of the full-width MAISI decoder
-        // (-> 128 x 128 x 64) peaks at 1.96 GB RSS, 84 MB of it weights.
-        let a = decoder_activations(&VaeConfig::maisi(), [32, 32, 16]) as f64;
-        let measured = 1.96e9 - 84e6;
-        assert!((a / measured - 1.0).abs() < 0.1, "{a} vs {measured}");
-    }
-
-    #[test]
     fn estimates_grow_with_the_size_and_saturate_on_absurd_ones() {
         let (u, v) = phantom_default();
-        let e = |size, b, w| estimate(&u, &v, 4_000_000, size, b, w).unwrap();
+        let one_pass = DecodeShape::OnePass { splits: 1 };
+        let e = |size, b, w: Option<[usize; 3]>| {
+            let how = w.map_or(one_pass, |window| DecodeShape::Sliding { window });
+            estimate(&u, &v, 4_000_000, size, b, how).unwrap()
+        };
         let small = e([64, 64, 32], 2, None);
         let big = e([128, 128, 64], 2, None);
         assert!(big.sampling > 7 * small.sampling && big.decoding == 8 * small.decoding);

@@ -45,6 +45,10 @@ pub struct Sidecar {
     pub orientation: String,
     pub files: Vec<String>,
     pub timings_s: Timings,
+    /// How the VAE decoded the latent: `sliding window [x, y, z] latent voxels, overlap 0.4`,
+    /// `one pass` or `one pass in N slabs along x`. Empty in sidecars from before it was recorded.
+    #[serde(default)]
+    pub decode: String,
     /// The compute device the volume was generated on (burn's name for it; results on different
     /// devices agree to float rounding, not bit for bit). Empty in sidecars from before 0.1.
     #[serde(default)]
@@ -153,6 +157,7 @@ mod tests {
             orientation: vol.orientation(),
             files: vec![],
             timings_s: Timings::default(),
+            decode: "one pass".into(),
             device: "cpu".into(),
             precision: Precision::Bf16,
             text2ct_version: "0".into(),

@@ -45,6 +45,10 @@ pub struct SampleOptions {
     /// VAE sliding window in latent voxels (clipped to the latent); `None` decodes in one pass.
     /// Peak memory grows with the window's volume, not the output's.
     pub decode_window: Option<[usize; 3]>,
+    /// One-pass decoding (`decode_window: None`) in this many slabs of the largest layer
+    /// (`Vae::decode_split`, MAISI's `num_splits`): the whole latent once, with bounded temporaries;
+    /// 1 (the default) is the plain `Vae::decode`. Must be 1 with a sliding window.
+    pub decode_splits: usize,
     /// A negative prompt: guidance steers away from it (`v = v_n + w (v_c − v_n)`, `v_n` at the
     /// negative prompt's context) instead of from the zero context. `None`: the release's rule.
     pub negative_prompt: Option<String>,
@@ -67,7 +71,86 @@ impl SampleOptions {
         if self.decode_window.is_some_and(|w| w.contains(&0)) {
             return Err(GenerateError::Invalid("the decode window must be positive on every axis".into()));
         }
+        if self.decode_splits == 0 || self.decode_splits > MAX_DECODE_SPLITS {
+            return Err(GenerateError::Invalid(format!(
+                "the number of decode splits must be in 1..={MAX_DECODE_SPLITS}, got {}",
+                self.decode_splits
+            )));
+        }
+        if self.decode_window.is_some() && self.decode_splits != 1 {
+            return Err(GenerateError::Invalid(
+                "decode splits apply to one-pass decoding, not to a sliding window".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Choose the decoding from a front end's options: `mode` (one pass or sliding window),
+    /// `window` (latent voxels; implies a sliding window) and `splits` (implies one pass), each
+    /// `None` where not given. A sliding window without `window` takes the card's
+    /// (`card_window`); one pass without `splits` takes `default_splits` (the VAE config's
+    /// `num_splits`). Contradictions are errors naming the options.
+    pub fn set_decode(
+        &mut self,
+        mode: Option<DecodeMode>,
+        window: Option<[usize; 3]>,
+        splits: Option<usize>,
+        card_window: Option<[usize; 3]>,
+        default_splits: usize,
+    ) -> Result<()> {
+        let bad = |m: &str| Err(GenerateError::Invalid(m.into()));
+        let mode = match (mode, window, splits) {
+            (_, Some(_), Some(_)) => {
+                return bad("--decode-window (a sliding window) and --decode-splits (one pass) exclude each other")
+            }
+            (Some(DecodeMode::OnePass), Some(_), _) => {
+                return bad("--decode one-pass takes no --decode-window (that is the sliding window's)")
+            }
+            (Some(DecodeMode::Sliding), _, Some(_)) => {
+                return bad("--decode sliding takes no --decode-splits (they split the one-pass decode)")
+            }
+            (Some(m), _, _) => m,
+            (None, Some(_), _) => DecodeMode::Sliding,
+            (None, None, Some(_)) => DecodeMode::OnePass,
+            (None, None, None) => return Ok(()),
+        };
+        match mode {
+            DecodeMode::Sliding => {
+                let Some(w) = window.or(card_window) else {
+                    return bad("--decode sliding needs --decode-window X,Y,Z (the model card has no window)");
+                };
+                self.decode_window = Some(w);
+                self.decode_splits = 1;
+            }
+            DecodeMode::OnePass => {
+                self.decode_window = None;
+                self.decode_splits = splits.unwrap_or(default_splits.max(1));
+            }
+        }
+        self.validate()
+    }
+}
+
+/// The most slabs a one-pass decode may be split into.
+pub const MAX_DECODE_SPLITS: usize = 4096;
+
+/// How the VAE decodes a latent: the whole latent in one pass, or window by window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeMode {
+    /// The whole latent at once (optionally in slabs: `SampleOptions::decode_splits`).
+    OnePass,
+    /// MONAI's Gaussian-blended sliding window (`SampleOptions::decode_window`, the card's overlap).
+    Sliding,
+}
+
+impl std::str::FromStr for DecodeMode {
+    type Err = GenerateError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "one-pass" => Ok(DecodeMode::OnePass),
+            "sliding" => Ok(DecodeMode::Sliding),
+            o => Err(GenerateError::Invalid(format!("decode mode {o:?} is not one-pass or sliding"))),
+        }
     }
 }
 
@@ -220,7 +303,28 @@ impl Pipeline {
             exact: self.card.sampler.exact,
             size: self.card.output.size,
             decode_window: self.card.decode.window,
+            decode_splits: 1,
             negative_prompt: None,
+        }
+    }
+
+    /// The one-pass decode's default number of splits: the VAE config's `num_splits` (MAISI's 4).
+    pub fn default_decode_splits(&self) -> usize {
+        self.vae.config.num_splits.max(1)
+    }
+
+    /// How `opts` decodes a latent of `latent` voxels, in words (for the sidecar and the logs).
+    pub fn describe_decode(&self, opts: &SampleOptions, latent: [usize; 3]) -> String {
+        match opts.decode_window {
+            Some(w) => format!(
+                "sliding window {:?} latent voxels, overlap {}",
+                [w[0].min(latent[0]), w[1].min(latent[1]), w[2].min(latent[2])],
+                self.card.decode.overlap
+            ),
+            None if opts.decode_splits > 1 => {
+                format!("one pass in {} slabs along x", opts.decode_splits)
+            }
+            None => "one pass".into(),
         }
     }
 
@@ -362,6 +466,18 @@ impl Pipeline {
 
     /// [`Pipeline::decode`] with an explicit sliding window (latent voxels; `None`: one pass).
     pub fn decode_with_window(&self, z: Tensor<5>, size: [usize; 3], window: Option<[usize; 3]>) -> Result<Volume> {
+        self.decode_with(z, size, window, 1)
+    }
+
+    /// [`Pipeline::decode`] with an explicit sliding window (latent voxels), or, with `window`
+    /// `None`, one pass over the whole latent in `splits` slabs (`Vae::decode_split`; 1: plain).
+    pub fn decode_with(
+        &self,
+        z: Tensor<5>,
+        size: [usize; 3],
+        window: Option<[usize; 3]>,
+        splits: usize,
+    ) -> Result<Volume> {
         if window.is_some_and(|w| w.contains(&0)) {
             return Err(GenerateError::Invalid("the decode window must be positive on every axis".into()));
         }
@@ -372,7 +488,7 @@ impl Pipeline {
                 let w = [w[0].min(ld[2]), w[1].min(ld[3]), w[2].min(ld[4])];
                 self.vae.decode_sliding_window(z, w, self.card.decode.overlap as f64).map_err(model_err)?
             }
-            None => self.vae.decode(z),
+            None => self.vae.decode_split(z, splits).map_err(model_err)?,
         };
         let d = out.dims();
         if [d[2], d[3], d[4]] != size {
@@ -438,7 +554,7 @@ impl Pipeline {
         let z = self.sample_with_uncond(x, &ctx, uncond.as_ref(), opts, seed, progress)?;
         let t_sample = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
-        let vol = self.decode_with_window(z, opts.size, opts.decode_window)?;
+        let vol = self.decode_with(z, opts.size, opts.decode_window, opts.decode_splits)?;
         let t_decode = t2.elapsed().as_secs_f64();
         Ok(Generated {
             volume: vol,
@@ -480,6 +596,7 @@ impl Pipeline {
             orientation: vol.orientation(),
             files: vec![],
             timings_s: g.timings,
+            decode: self.describe_decode(opts, opts.size.map(|s| s / 4)),
             device: format!("{:?}", self.device),
             precision: self.precision_in_effect(),
             text2ct_version: env!("CARGO_PKG_VERSION").into(),

@@ -34,6 +34,7 @@ pub mod directconv;
 pub mod error;
 pub mod fusednorm;
 pub mod interp;
+pub mod memory;
 pub mod minilm;
 pub mod precision;
 pub mod resnet2d;

@@ -2,18 +2,15 @@
 //! (`examples/unet_speed.rs`, `vae_speed.rs`, `vae_memory.rs`) share.
 //!
 //! - The process's resident memory (`VmRSS`), its peak (`VmHWM`) and a reset of the peak
-//!   (`/proc/self/clear_refs`), and the memory the machine has available (`MemAvailable`): Linux
-//!   only; elsewhere the readers give `None`.
+//!   (`/proc/self/clear_refs`): Linux only; elsewhere the readers give `None`.
 //! - A rayon pool of N threads: burn's CPU backend (`flex`, its `gemm` calls included) and this
 //!   crate's CPU kernels all run on the *current* rayon pool, so running a benchmark inside
 //!   [`thread_pool`]`(n)?.install(..)` sizes all of them per run (without it: rayon's global pool,
 //!   `RAYON_NUM_THREADS` or one thread per core).
 //! - The deterministic synthetic inputs of the U-Net and VAE benchmarks (the same values as
 //!   `benchmarks/monai_bench.py` builds, so both programs see the same numbers).
-//! - Memory estimates of a U-Net forward and of VAE encoding and decoding, from the sizes alone, so
-//!   sizes that cannot fit are refused before anything is allocated. They are approximations
-//!   (checked against measured peaks in docs/performance.md), meant to catch absurd sizes, not to
-//!   predict the peak to the megabyte.
+//!
+//! The memory estimates that refuse sizes before allocating are in [`crate::memory`].
 
 use std::time::Instant;
 
@@ -52,12 +49,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// counting from the start of the process.
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// The memory the machine can give without swapping (`MemAvailable` of `/proc/meminfo`), in bytes.
-pub fn available_memory_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    kb_field(&s, "MemAvailable:")
 }
 
 /// The threads of the current rayon pool (what burn's CPU backend uses).
@@ -168,98 +159,6 @@ pub fn vae_image(cfg: &VaeConfig, size: [usize; 3], dev: &Device) -> Tensor<5> {
     Tensor::from_data(TensorData::new(v, [1, cfg.in_channels, size[0], size[1], size[2]]), dev)
 }
 
-fn voxels(d: [usize; 3]) -> f64 {
-    d.iter().map(|&v| v as f64).product()
-}
-
-/// Estimated bytes of the activations of one U-Net forward on a latent `[batch, C, X, Y, Z]`
-/// (weights not included): the skip connections the forward keeps (`num_res_blocks + 1` per level)
-/// plus ten top-level tensors of working memory (GroupNorm output, the convolution's padded copy,
-/// the up path's concatenation with its skip), in f32. Within ~25 % of the measured peaks of
-/// docs/performance.md at Text2CT's latent.
-pub fn unet_forward_bytes(cfg: &UnetConfig, latent: [usize; 4], batch: usize) -> f64 {
-    let levels = cfg.num_channels.len();
-    let res = cfg.num_res_blocks.per_level(levels, "num_res_blocks").unwrap_or_else(|_| vec![2; levels]);
-    let v0 = voxels([latent[1], latent[2], latent[3]]);
-    let c0 = cfg.num_channels.first().copied().unwrap_or(0) as f64;
-    let mut floats = c0 * v0 * 11.0; // conv_in's skip + ten working tensors
-    for (l, (&c, &r)) in cfg.num_channels.iter().zip(&res).enumerate() {
-        let down = if l + 1 < levels { 1.0 } else { 0.0 };
-        floats += (r as f64 + down) * c as f64 * v0 / 8f64.powi(l as i32);
-    }
-    4.0 * batch as f64 * floats
-}
-
-/// How a latent is decoded, for [`vae_decode_bytes`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum DecodeShape {
-    /// The whole latent at once, in `splits` slabs (`Vae::decode_split`; 1: `Vae::decode`).
-    OnePass { splits: usize },
-    /// Window by window (`Vae::decode_sliding_window`), windows in latent voxels.
-    Sliding { window: [usize; 3] },
-}
-
-/// Channels of the decoder's top (full-resolution) level and of the tensor entering it.
-fn top_channels(cfg: &VaeConfig) -> (f64, f64) {
-    let c0 = cfg.num_channels.first().copied().unwrap_or(0) as f64;
-    let cup = cfg.num_channels.get(1).copied().map_or(c0, |c| c as f64);
-    (c0, cup)
-}
-
-/// Estimated bytes of decoding one latent `[latent_channels, x, y, z]` (weights not included).
-/// One pass without splits holds about `3 c_up + 2 c_0` full-resolution channels at its top level
-/// (the upsampled input, its GroupNorm output and padded copy, and the block's outputs; `c_0`, `c_up`
-/// are the channels of the top level and of the one below); with `S` splits, the input and output of
-/// each layer plus slab-sized temporaries, `c_up + c_0 + (2 c_up + c_0) / S`; a sliding window, one
-/// window's one-pass decode plus the f32 output and weight maps.
-pub fn vae_decode_bytes(cfg: &VaeConfig, latent: [usize; 3], how: DecodeShape) -> f64 {
-    let f = cfg.downsample_factor() as f64;
-    let out_vox = voxels(latent) * f * f * f;
-    let (c0, cup) = top_channels(cfg);
-    match how {
-        DecodeShape::OnePass { splits } if splits <= 1 => 4.0 * out_vox * (3.0 * cup + 2.0 * c0),
-        DecodeShape::OnePass { splits } => 4.0 * out_vox * (cup + c0 + 1.0 + (2.0 * cup + c0) / splits as f64),
-        DecodeShape::Sliding { window } => {
-            let w = [0, 1, 2].map(|i| window[i].clamp(1, latent[i].max(1)));
-            let win = vae_decode_bytes(cfg, w, DecodeShape::OnePass { splits: 1 });
-            win + 4.0 * out_vox * (2.0 * cfg.out_channels as f64 + 1.0)
-        }
-    }
-}
-
-/// Estimated bytes of encoding one image `[in_channels, X, Y, Z]` (weights not included): six
-/// tensors of the first level's width at full resolution.
-pub fn vae_encode_bytes(cfg: &VaeConfig, size: [usize; 3]) -> f64 {
-    let (c0, _) = top_channels(cfg);
-    4.0 * voxels(size) * 6.0 * c0
-}
-
-/// Bytes as people read them: `1.23 GB` (powers of 1000, as docs/performance.md writes them).
-pub fn human_bytes(b: f64) -> String {
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.0} MB", b / 1e6)
-    } else {
-        format!("{:.0} kB", b / 1e3)
-    }
-}
-
-/// Refuse work whose estimated memory (`need` bytes) exceeds what the machine has available
-/// (`MemAvailable`; no check where that is unknown). `what` names the work, `hint` says what to do.
-pub fn check_fits(need: f64, what: &str, hint: &str) -> Result<()> {
-    let Some(avail) = available_memory_bytes() else { return Ok(()) };
-    if !need.is_finite() || need > avail as f64 {
-        return Err(ModelError::Invalid(format!(
-            "{what} needs about {} of memory, more than the {} this machine has available{}",
-            human_bytes(need),
-            human_bytes(avail as f64),
-            if hint.is_empty() { String::new() } else { format!("; {hint}") }
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,7 +172,6 @@ mod tests {
         if cfg!(target_os = "linux") {
             let (rss, peak) = (rss_bytes().unwrap(), peak_rss_bytes().unwrap());
             assert!(rss > 0 && peak >= rss, "rss {rss}, peak {peak}");
-            assert!(available_memory_bytes().unwrap() > 0);
         }
     }
 
@@ -308,30 +206,5 @@ mod tests {
         assert!(e.contains("C = 4"), "{e}");
         assert!(unet_inputs(&cfg, [4, 12, 8, 8], 1, &dev).is_err());
         assert!(unet_inputs(&cfg, [4, 8, 8, 8], 0, &dev).is_err());
-    }
-
-    /// The estimates grow with the work and rank the decode modes as measured: splits below one
-    /// pass, a small window below both at a large size; the U-Net's at Text2CT's latent is near
-    /// the measured 1.9 GB of activations (2.72 GB peak less 0.87 GB of weights).
-    #[test]
-    fn estimates_are_plausible() {
-        let u = UnetConfig::text2ct();
-        let at = unet_forward_bytes(&u, [4, 128, 128, 32], 1);
-        assert!((1.4e9..2.6e9).contains(&at), "{at}");
-        assert!(unet_forward_bytes(&u, [4, 128, 128, 32], 2) > 1.9 * at);
-        let v = VaeConfig::maisi();
-        let plain = vae_decode_bytes(&v, [32, 32, 16], DecodeShape::OnePass { splits: 1 });
-        let split = vae_decode_bytes(&v, [32, 32, 16], DecodeShape::OnePass { splits: 4 });
-        let slide = vae_decode_bytes(&v, [128, 128, 32], DecodeShape::Sliding { window: [32, 32, 16] });
-        // One window of 32 x 32 x 16 measured 1.96 GB peak (with 84 MB of weights).
-        assert!((1.4e9..2.6e9).contains(&plain), "{plain}");
-        assert!(split < 0.6 * plain, "{split} vs {plain}");
-        assert!(slide < vae_decode_bytes(&v, [128, 128, 32], DecodeShape::OnePass { splits: 4 }));
-        assert!(vae_encode_bytes(&v, [64, 64, 32]) > 0.0);
-        let e = check_fits(f64::INFINITY, "decoding", "use a window").unwrap_err().to_string();
-        if available_memory_bytes().is_some() {
-            assert!(e.contains("decoding needs about") && e.contains("use a window"), "{e}");
-        }
-        assert!(check_fits(1.0, "x", "").is_ok());
     }
 }

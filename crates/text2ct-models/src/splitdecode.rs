@@ -17,7 +17,7 @@
 //!
 //! So a layer holds its input and its output plus slab-sized temporaries: about
 //! `c_up + c_0 + (2 c_up + c_0) / S` full-resolution channels at the top level instead of
-//! `3 c_up + 2 c_0` (`speed::vae_decode_bytes`), for S slabs. The slab count of the largest
+//! `3 c_up + 2 c_0` (`memory::decoder_activations`), for S slabs. The slab count of the largest
 //! convolution is `splits`; smaller layers use proportionally fewer slabs (no slab is larger than the
 //! largest layer's), each of at least [`MIN_SLAB_PLANES`] planes. The halos cost two extra output
 //! planes per slab boundary (MONAI's split convolution computes three on each side).
@@ -79,9 +79,10 @@ impl Act {
         Tensor::from_data(TensorData::new(out, [1, self.c, hi - lo, self.dims[1], self.dims[2]]), dev)
     }
 
-    /// Write planes `off..off + (e - s)` of `y` (`[cy, planes, Y, Z]`, `cy <= self.c`) into planes
-    /// `s..e` of the first `cy` channels, adding what is there when `add`.
-    fn put(&mut self, s: usize, e: usize, y: &[f32], cy: usize, planes: usize, off: usize, add: bool) {
+    /// Write planes `y.off..y.off + (e - s)` of `y` into planes `s..e` of the first `y.c` channels
+    /// (`y.c <= self.c`), adding what is there when `add`.
+    fn put(&mut self, s: usize, e: usize, y: &Slab, add: bool) {
+        let Slab { data: y, c: cy, planes, off } = *y;
         let (n, plane) = (self.n(), self.plane());
         let len = (e - s) * plane;
         self.data[..cy * n].par_chunks_mut(n).enumerate().for_each(|(c, ch)| {
@@ -97,6 +98,19 @@ impl Act {
         });
     }
 }
+
+/// A convolution's output for one slab: `data` is `[c, planes, Y, Z]`, and the slab's own output
+/// planes start at plane `off` (the planes before it were computed for the halo).
+#[derive(Clone, Copy)]
+struct Slab<'a> {
+    data: &'a [f32],
+    c: usize,
+    planes: usize,
+    off: usize,
+}
+
+/// What receives each slab's output: `(s, e, slab)` for output planes `s..e`.
+type Sink<'a> = dyn FnMut(usize, usize, &Slab) -> Result<()> + 'a;
 
 /// What is applied to an activation's values before a convolution reads them.
 enum Map {
@@ -188,15 +202,9 @@ fn bounds(len: usize, k: usize) -> Vec<(usize, usize)> {
     (0..k).map(|i| (i * len / k, (i + 1) * len / k)).collect()
 }
 
-/// Runs `conv` over `input` slab by slab and hands each slab's output planes to `sink(s, e, y, planes,
-/// off)`: output planes `s..e` are planes `off..off + (e - s)` of `y` (`[cout, planes, Y, Z]`).
-fn conv_slabs(
-    conv: &Conv3d,
-    input: &Input,
-    slabs: usize,
-    dev: &Device,
-    sink: &mut dyn FnMut(usize, usize, &[f32], usize, usize) -> Result<()>,
-) -> Result<()> {
+/// Runs `conv` over `input` slab by slab and hands each slab's output to `sink(s, e, slab)`: output
+/// planes `s..e` are planes `slab.off..slab.off + (e - s)` of `slab.data`.
+fn conv_slabs(conv: &Conv3d, input: &Input, slabs: usize, dev: &Device, sink: &mut Sink) -> Result<()> {
     let [k, _, _] = conv.kernel_size;
     if conv.stride != [1; 3] || k % 2 == 0 {
         return Err(ModelError::Invalid(format!(
@@ -210,9 +218,9 @@ fn conv_slabs(
         let lo = s.saturating_sub(halo);
         let hi = (e + halo).min(x_len);
         let y = conv3d_forward(conv, input.slab(lo, hi, dev)?);
-        let planes = y.dims()[2];
+        let [_, c, planes, _, _] = y.dims();
         let v = host(y)?;
-        sink(s, e, &v, planes, s - lo)?;
+        sink(s, e, &Slab { data: &v, c, planes, off: s - lo })?;
     }
     Ok(())
 }
@@ -299,8 +307,8 @@ impl Run<'_> {
     fn conv(&self, conv: &Conv3d, input: &Input) -> Result<Act> {
         let cout = conv.weight.dims()[0];
         let mut out = Act::zeros(cout, input.dims());
-        conv_slabs(conv, input, self.slabs(input), self.dev, &mut |s, e, y, planes, off| {
-            out.put(s, e, y, cout, planes, off, false);
+        conv_slabs(conv, input, self.slabs(input), self.dev, &mut |s, e, y| {
+            out.put(s, e, y, false);
             Ok(())
         })?;
         Ok(out)
@@ -318,16 +326,15 @@ impl Run<'_> {
         let in_place = cout <= x.c;
         let mut x = x;
         let mut wide = (!in_place).then(|| Act::zeros(cout, x.dims));
-        conv_slabs(&r.conv2, &input, slabs, self.dev, &mut |s, e, y, planes, off| {
+        conv_slabs(&r.conv2, &input, slabs, self.dev, &mut |s, e, y| {
             match &r.nin_shortcut {
-                None => x.put(s, e, y, cout, planes, off, true),
+                None => x.put(s, e, y, true),
                 Some(nin) => {
                     // The 1 × 1 × 1 shortcut of this slab's planes, read before they are overwritten.
-                    let skip = nin.forward(x.slab(s, e, &Map::Copy, self.dev));
-                    let skip = host(skip)?;
+                    let skip = host(nin.forward(x.slab(s, e, &Map::Copy, self.dev)))?;
                     let dst = wide.as_mut().unwrap_or(&mut x);
-                    dst.put(s, e, &skip, cout, e - s, 0, false);
-                    dst.put(s, e, y, cout, planes, off, true);
+                    dst.put(s, e, &Slab { data: &skip, c: cout, planes: e - s, off: 0 }, false);
+                    dst.put(s, e, y, true);
                 }
             }
             Ok(())

@@ -63,11 +63,8 @@ pub struct GenerateArgs {
     /// reproduce a reference run exactly (single volume only).
     #[arg(long)]
     pub noise: Option<PathBuf>,
-    /// VAE sliding-window size X,Y,Z in latent voxels (default from the card; the release uses
-    /// 80,80,80, clipped to the latent). Peak memory grows with the window, not the volume: on a
-    /// CPU with 8 GiB use e.g. 32,32,16 for 512x512x128 outputs.
-    #[arg(long)]
-    pub decode_window: Option<String>,
+    #[command(flatten)]
+    pub decode: crate::util::DecodeArgs,
     #[command(flatten)]
     pub device: crate::util::DeviceArg,
     #[command(flatten)]
@@ -121,6 +118,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.noise.is_some() && jobs.len() != 1 {
         bail!("--noise reproduces one volume: use it with one prompt and --count 1");
     }
+    let (mode, window, splits) = a.decode.parse()?;
     crate::util::output_dir(&a.out, "--out")?;
     eprintln!("loading {} …", model.display());
     let mut p = Pipeline::load(&model, &device).with_context(|| format!("loading the model in {}", model.display()))?;
@@ -142,9 +140,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let Some(s) = &a.size {
         opts.size = parse_size(s)?;
     }
-    if let Some(w) = &a.decode_window {
-        opts.decode_window = Some(parse_size(w)?);
-    }
+    opts.set_decode(mode, window, splits, p.card.decode.window, p.default_decode_splits())?;
     opts.validate()?;
     let latent = p.check_size(opts.size)?;
     let mem = text2ct_generate::memory::check_fits(&p, &opts).context("--size")?;
@@ -164,7 +160,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     eprintln!(
         "model {} ({}); sampler {} {} steps, guidance {}{}, output {:?} at {:?} mm; scale factor {} ({}); \
-         {} convolutions; memory: about {} per volume (estimated)",
+         {} convolutions; decode: {}; memory: about {} per volume (estimated)",
         p.card.name,
         p.card.trained_on,
         opts.sampler,
@@ -179,6 +175,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         p.scale_factor,
         p.scale_factor_source,
         p.precision_in_effect(),
+        p.describe_decode(&opts, latent),
         text2ct_io::memory::format_bytes(mem.peak())
     );
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;

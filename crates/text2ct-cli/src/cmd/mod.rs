@@ -1,5 +1,6 @@
 //! One file per command.
 
+pub mod bench;
 pub mod clip;
 pub mod demo;
 pub mod device;

@@ -10,7 +10,9 @@
 //!   `np.int16` does) with an axis-aligned affine from `--spacing` (default 0.75,0.75,1.5) and
 //!   origin 0. With a batch of several latents, NIfTI outputs get `_b<i>` before the extension.
 //!   `--window` decodes with MONAI's Gaussian sliding window (sigma 0.125 * window); as in MAISI's
-//!   `dynamic_infer`, the window is clipped to the latent extent.
+//!   `dynamic_infer`, the window is clipped to the latent extent. `--splits N` decodes the whole
+//!   latent in one pass, each layer in N slabs (`Vae::decode_split`: bounded memory, whole-volume
+//!   GroupNorm statistics). Sizes are checked against the memory available first.
 //! - `--precision bf16` (encode, decode) runs the 3x3x3 convolutions with bf16 products summed in
 //!   f32 (CPU with AVX512-BF16; elsewhere f32, said once).
 //! - `text2ct vae convert --input W.pt --output W.safetensors`: f32 safetensors with MONAI names.
@@ -25,6 +27,7 @@ use anyhow::{bail, Context};
 use text2ct_io::nifti_io::{read_nifti, write_nifti, WriteOptions};
 use text2ct_io::{Affine, Limits, Volume};
 use text2ct_models::burn::tensor::{Device, Tensor, TensorData};
+use text2ct_models::memory::{self, DecodeShape};
 use text2ct_models::{NpyArray, Precision, SlidingWindow, Vae, VaeConfig};
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +89,11 @@ pub struct DecodeArgs {
     /// Sliding-window size in latent voxels, X,Y,Z (e.g. 80,80,32); without it, one pass.
     #[arg(long, value_delimiter = ',')]
     pub window: Option<Vec<usize>>,
+    /// One pass over the whole latent in this many slabs of the largest layer (GroupNorm
+    /// statistics over the whole volume, each convolution slab by slab: bounded memory, the same
+    /// result as without splits to float rounding); 1 or absent: one pass without splits.
+    #[arg(long)]
+    pub splits: Option<usize>,
     /// Overlap between windows, in [0,1).
     #[arg(long, default_value_t = 0.4)]
     pub overlap: f64,
@@ -224,6 +232,17 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&a.overlap) {
         bail!("--overlap must be in [0, 1), got {}", a.overlap);
     }
+    if a.splits.is_some() && a.window.is_some() {
+        bail!("--splits (one pass in slabs) and --window (a sliding window) exclude each other");
+    }
+    if a.splits.is_some_and(|s| s == 0 || s > 4096) {
+        bail!("--splits must be in 1..=4096, got {}", a.splits.unwrap_or(0));
+    }
+    if let Some(w) = &a.window {
+        if w.len() != 3 || w.contains(&0) {
+            bail!("--window needs three positive values X,Y,Z, got {w:?}");
+        }
+    }
     let device = a.device.get()?;
     let precision = a.precision.get(&device)?;
     let arr = NpyArray::read(&a.input)?;
@@ -231,13 +250,22 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     let vae = load_vae(&a.config, &a.weights, &device, precision)?;
     let zd = z.dims();
     vae.check_latent_shape(zd).with_context(|| format!("latent {}", a.input.display()))?;
+    let how = match &a.window {
+        Some(w) => DecodeShape::Sliding { window: [w[0], w[1], w[2]] },
+        None => DecodeShape::OnePass { splits: a.splits.unwrap_or(1) },
+    };
+    if device == Device::flex() {
+        let need = (zd[0] as u64).saturating_mul(memory::decoder_activations(vae.config(), [zd[2], zd[3], zd[4]], how));
+        memory::check_fits(
+            &format!("decoding {}", a.input.display()),
+            need,
+            "decode with --window 32,32,16 or more --splits",
+        )?;
+    }
     let t = Instant::now();
     let out = match &a.window {
-        None => vae.decode(z),
+        None => vae.decode_split(z, a.splits.unwrap_or(1))?,
         Some(w) => {
-            if w.len() != 3 || w.contains(&0) {
-                bail!("--window needs three positive values X,Y,Z, got {w:?}");
-            }
             // MAISI dynamic_infer: roi = min(roi, latent extent)
             let window = [w[0].min(zd[2]), w[1].min(zd[3]), w[2].min(zd[4])];
             let opts = SlidingWindow::gaussian(window, a.overlap);

@@ -24,6 +24,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use text2ct_models::attention::SpatialTransformer;
 use text2ct_models::speed::{self, sync};
+use text2ct_models::directconv::{best_isa, pack_weight, Kernel};
 use text2ct_models::unet::UnetResBlock;
 use text2ct_models::{Precision, Unet, UnetConfig};
 
@@ -109,6 +110,7 @@ fn main() {
         t0.elapsed().as_secs_f64(),
         cfg.num_params().expect("spec")
     );
+    pack_costs(&unet);
     let [x, y, z] = size;
     // The inputs of `text2ct bench unet` (and of benchmarks/monai_bench.py).
     let (lat, t, cond) = speed::unet_inputs(&cfg, [4, x, y, z], 1, &dev).expect("latent size");
@@ -212,6 +214,43 @@ fn main() {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         weight_bytes / 1e9 / gbs
     );
+}
+
+/// What the packed-weight cache saves per forward: the time to pack every 3x3x3 convolution
+/// weight of the network for the f32 and the bf16 kernels (what each forward paid before the
+/// cache), and the memory the packs hold.
+fn pack_costs(unet: &Unet) {
+    let Some(isa) = best_isa() else { return };
+    let net = &unet.net;
+    let mut res: Vec<&UnetResBlock> = Vec::new();
+    for db in &net.down_blocks {
+        res.extend(db.resnets.iter().chain(&db.downsampler));
+    }
+    res.extend([&net.middle_block.resnet_1, &net.middle_block.resnet_2]);
+    for ub in &net.up_blocks {
+        res.extend(ub.resnets.iter().chain(&ub.upsampler));
+    }
+    let mut convs = vec![&net.conv_in, &net.out_conv];
+    convs.extend(res.iter().flat_map(|r| [&r.conv1, &r.conv2]));
+    let weights: Vec<(Vec<f32>, usize, usize)> = convs
+        .iter()
+        .map(|c| {
+            let [co, ci, ..] = c.weight.dims();
+            (c.weight.val().into_data().try_into_vec::<f32>().expect("f32"), co, ci)
+        })
+        .filter(|(_, co, _)| co % 16 == 0)
+        .collect();
+    let n: usize = weights.iter().map(|(w, ..)| w.len()).sum();
+    let mut line = format!("packing the {} 3x3x3 weights ({:.0} M values) once:", weights.len(), n as f64 / 1e6);
+    for k in [Kernel::F32(isa), Kernel::Bf16] {
+        if !k.supported() {
+            continue;
+        }
+        let t = Instant::now();
+        let bytes: usize = weights.iter().map(|(w, co, ci)| pack_weight(w, *co, *ci, k).bytes()).sum();
+        line.push_str(&format!(" {k:?} {:.3} s, {:.0} MB;", t.elapsed().as_secs_f64(), bytes as f64 / 1e6));
+    }
+    println!("{line} (what a forward spent packing before the cache, where every level takes the direct kernels)");
 }
 
 /// Read bandwidth (GB/s): the best of 5 sums over a 1 GiB buffer, one slice per thread.

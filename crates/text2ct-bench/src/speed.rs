@@ -707,20 +707,19 @@ pub fn bench_generate(o: &BenchOptions, g: &GenerateBench) -> Result<GenerateRep
         if g.decode_splits.is_some_and(|s| s == 0) {
             return input("--decode-splits must be at least 1");
         }
-        // The decoding the pipeline will choose (`SampleOptions::set_decode`), for its estimate.
-        let (one_pass, splits) = match (g.decode, g.decode_window, g.decode_splits) {
+        // The decoding asked for (`SampleOptions::set_decode`), for its estimate; without a decode
+        // option one that fits is chosen after loading (`memory::fit_decode`, as `generate` does).
+        let asked = match (g.decode, g.decode_window, g.decode_splits) {
+            (None, None, None) => None,
             (Some(DecodeMode::OnePass), _, s) | (None, None, s @ Some(_)) => {
-                (true, s.unwrap_or(vcfg.num_splits.max(1)))
+                Some(DecodeShape::OnePass { splits: s.unwrap_or(vcfg.num_splits.max(1)) })
             }
-            (None, None, None) => (card.decode.window.is_none(), 1),
-            _ => (false, 1),
+            (_, w, _) => w.or(card.decode.window).map(|window| DecodeShape::Sliding { window }),
         };
-        let decode_need = match (one_pass, g.decode_window.or(card.decode.window)) {
-            (true, _) => memory::decoder_activations(&vcfg, lat, DecodeShape::OnePass { splits }),
-            (false, Some(window)) => memory::decoder_activations(&vcfg, lat, DecodeShape::Sliding { window }),
-            (false, None) => 0, // refused when the options are set (no window)
-        };
-        fits(decode_need, "decoding the volume", "decode with a smaller --decode-window or more --decode-splits")?;
+        if let Some(how) = asked {
+            let decode_need = memory::decoder_activations(&vcfg, lat, how);
+            fits(decode_need, "decoding the volume", "decode with a smaller --decode-window or more --decode-splits")?;
+        }
 
         let mut m = Meter::new();
         let _tmp;
@@ -745,7 +744,12 @@ pub fn bench_generate(o: &BenchOptions, g: &GenerateBench) -> Result<GenerateRep
         opts.set_decode(g.decode, g.decode_window, g.decode_splits, p.card.decode.window, p.default_decode_splits())?;
         opts.validate()?;
         let latent = p.check_size(opts.size)?;
-        text2ct_generate::memory::check_fits(&p, &opts)?;
+        // As `generate`: without a decode option, a decoding that fits in the memory available.
+        let budget = text2ct_io::memory::budget(None).map_err(model_err)?;
+        if let (None, None, None, Some(b)) = (g.decode, g.decode_window, g.decode_splits, &budget) {
+            text2ct_generate::memory::fit_decode(&p, &mut opts, b.bytes)?;
+        }
+        text2ct_generate::memory::check_fits_in(&p, &opts, budget)?;
         let mut runs = Vec::new();
         for i in 0..o.repeats {
             let gen = m.phase(&format!("generate {}", i + 1), || {

@@ -52,6 +52,16 @@ impl PrecisionArg {
     }
 }
 
+/// `--max-memory`: a byte count (`8G`, `8GiB`, `512M`, bytes), at least 64 MiB.
+pub fn max_memory(s: Option<&str>) -> Result<Option<u64>> {
+    let Some(s) = s else { return Ok(None) };
+    let b = text2ct_io::memory::parse_bytes(s).map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?;
+    if b < 64 << 20 {
+        bail!("--max-memory {s} is below 64 MiB: no generation fits in that");
+    }
+    Ok(Some(b))
+}
+
 /// How generation decodes its latent (`generate`, `bench generate`; `#[command(flatten)]`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct DecodeArgs {

@@ -127,9 +127,60 @@ pub fn decode_shape(opts: &SampleOptions) -> DecodeShape {
     }
 }
 
+/// The decodings [`fit_decode`] tries, in order, after the one `opts` has: one pass in more and
+/// more slabs (each voxel computed once; memory falls with the slabs), then sliding windows
+/// halved from the card's (each voxel about 4.6 times at the release's overlap of 0.4).
+fn decode_candidates(p: &Pipeline, opts: &SampleOptions) -> Vec<DecodeShape> {
+    let mut v = Vec::new();
+    let mut s = p.default_decode_splits().max(1);
+    while s <= 256 {
+        v.push(DecodeShape::OnePass { splits: s });
+        s *= 2;
+    }
+    let mut w = opts.decode_window.or(p.card.decode.window).unwrap_or([64, 64, 64]);
+    while w.iter().all(|&x| x >= 8) {
+        w = w.map(|x| x / 2);
+        v.push(DecodeShape::Sliding { window: w });
+    }
+    v
+}
+
+/// Make the decoding of `opts` fit in `budget` bytes of peak memory (the whole job's estimate,
+/// [`of_job`]): when the one it has does not fit, take the first of [`decode_candidates`] that
+/// does. Returns the decoding chosen, in words, when it changed (`None`: unchanged, it fits or
+/// nothing smaller fits — [`check_fits`] then refuses the job with its estimate).
+pub fn fit_decode(p: &Pipeline, opts: &mut SampleOptions, budget: u64) -> Result<Option<String>> {
+    if of_job(p, opts)?.peak() <= budget {
+        return Ok(None);
+    }
+    let latent = p.check_size(opts.size)?;
+    for how in decode_candidates(p, opts) {
+        let mut o = opts.clone();
+        match how {
+            DecodeShape::OnePass { splits } => (o.decode_window, o.decode_splits) = (None, splits),
+            DecodeShape::Sliding { window } => (o.decode_window, o.decode_splits) = (Some(window), 1),
+        }
+        if of_job(p, &o)?.peak() <= budget {
+            *opts = o;
+            return Ok(Some(p.describe_decode(opts, latent)));
+        }
+    }
+    Ok(None)
+}
+
 /// Refuse a job whose estimated peak ([`of_job`]) does not fit in the memory available
 /// (`text2ct_io::memory`); the error gives the estimate and its parts. Returns the estimate.
 pub fn check_fits(p: &Pipeline, opts: &SampleOptions) -> Result<GenerationMemory> {
+    check_fits_in(p, opts, text2ct_io::memory::available()?)
+}
+
+/// [`check_fits`] against a given budget (`text2ct_io::memory::budget`: a user's cap and what
+/// the machine has).
+pub fn check_fits_in(
+    p: &Pipeline,
+    opts: &SampleOptions,
+    budget: Option<text2ct_io::memory::Available>,
+) -> Result<GenerationMemory> {
     let m = of_job(p, opts)?;
     let gib = text2ct_io::memory::format_bytes;
     let [x, y, z] = opts.size;
@@ -146,7 +197,7 @@ pub fn check_fits(p: &Pipeline, opts: &SampleOptions) -> Result<GenerationMemory
         gib(m.weights),
         gib(m.runtime)
     );
-    text2ct_io::memory::check_fits(&what, m.peak()).map_err(|e| {
+    text2ct_io::memory::check_fits_in(&what, m.peak(), budget).map_err(|e| {
         if m.decoding >= m.sampling && m.decoding > m.writing {
             GenerateError::Invalid(format!(
                 "{e}; the decoder takes the most of it: more slabs (generate --decode-splits, e.g. 16) or a \

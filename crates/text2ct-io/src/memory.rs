@@ -122,7 +122,23 @@ pub fn available() -> Result<Option<Available>> {
 /// `what` names the job and its size, e.g. "generating 1024 x 1024 x 1024 (--size)". The
 /// message gives the estimate, the memory available and how to override it.
 pub fn check_fits(what: &str, estimate: u64) -> Result<()> {
-    match available()? {
+    check_fits_in(what, estimate, available()?)
+}
+
+/// The memory a job may use with a user's cap (`--max-memory`): the smaller of `cap` and what
+/// [`available`] finds.
+pub fn budget(cap: Option<u64>) -> Result<Option<Available>> {
+    let avail = available()?;
+    Ok(match (cap, avail) {
+        (Some(c), Some(a)) if a.bytes <= c => Some(a),
+        (Some(c), _) => Some(Available { bytes: c, source: "--max-memory".into() }),
+        (None, a) => a,
+    })
+}
+
+/// [`check_fits`] against a given budget (`None`: unknown, nothing is refused).
+pub fn check_fits_in(what: &str, estimate: u64, budget: Option<Available>) -> Result<()> {
+    match budget {
         Some(a) if estimate > a.bytes => Err(IoError::invalid(format!(
             "{what} needs about {} of memory (estimated), but {} is available ({}); use a smaller size, or set \
              {ENV} (e.g. {ENV}=64G) if you know it fits",

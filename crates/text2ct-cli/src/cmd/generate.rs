@@ -65,6 +65,12 @@ pub struct GenerateArgs {
     pub noise: Option<PathBuf>,
     #[command(flatten)]
     pub decode: crate::util::DecodeArgs,
+    /// The most memory one volume may use, e.g. 8G (default: what the machine has available).
+    /// Without a decode option, a decoding that fits is chosen when the model card's does not:
+    /// one pass in more slabs, else a smaller sliding window; the sidecar records it. A job whose
+    /// estimate still exceeds it is refused before any work.
+    #[arg(long, value_name = "BYTES")]
+    pub max_memory: Option<String>,
     #[command(flatten)]
     pub device: crate::util::DeviceArg,
     #[command(flatten)]
@@ -143,7 +149,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     opts.set_decode(mode, window, splits, p.card.decode.window, p.default_decode_splits())?;
     opts.validate()?;
     let latent = p.check_size(opts.size)?;
-    let mem = text2ct_generate::memory::check_fits(&p, &opts).context("--size")?;
+    let budget = text2ct_io::memory::budget(crate::util::max_memory(a.max_memory.as_deref())?)?;
+    if let (None, None, None, Some(b)) = (mode, window, splits, &budget) {
+        if let Some(how) = text2ct_generate::memory::fit_decode(&p, &mut opts, b.bytes)? {
+            eprintln!(
+                "decoding as the model card says would not fit in {} ({}): decoding {how} instead",
+                text2ct_io::memory::format_bytes(b.bytes),
+                b.source
+            );
+        }
+    }
+    let mem = text2ct_generate::memory::check_fits_in(&p, &opts, budget).context("--size")?;
     let noise = match &a.noise {
         Some(path) => {
             let n = NpyArray::read(path)?;

@@ -30,7 +30,7 @@ use text2ct_models::memory::{self, DecodeShape};
 use text2ct_models::speed;
 use text2ct_models::unet::UnetNet;
 use text2ct_models::vae::VaeNet;
-use text2ct_models::{SlidingWindow, Unet, UnetConfig, Vae, VaeConfig};
+use text2ct_models::{Precision, SlidingWindow, Unet, UnetConfig, Vae, VaeConfig};
 
 use crate::error::{input, BenchError, Result};
 
@@ -46,9 +46,20 @@ pub struct BenchOptions {
     pub model: Option<PathBuf>,
     /// The compute device.
     pub device: Device,
+    /// The arithmetic of the 3 × 3 × 3 convolutions (`Precision::on_this_cpu` is applied).
+    pub precision: Precision,
 }
 
 impl BenchOptions {
+    /// The precision the convolutions run in here: f32 off the CPU and on CPUs without
+    /// AVX512-BF16 (said once), else the one asked for.
+    pub fn precision_in_effect(&self) -> Precision {
+        if self.device != Device::flex() {
+            return Precision::F32;
+        }
+        self.precision.on_this_cpu()
+    }
+
     fn check(&self) -> Result<()> {
         if self.repeats == 0 || self.repeats > 1000 {
             return input(format!("--repeats must be in 1..=1000, got {}", self.repeats));
@@ -190,6 +201,8 @@ pub struct UnetReport {
     pub latent: [usize; 4],
     pub batch: usize,
     pub threads: usize,
+    /// The convolutions' arithmetic as run (`f32`, or `bf16` where the CPU has AVX512-BF16).
+    pub precision: String,
     pub repeats: usize,
     /// Best (shortest) of the timed forwards.
     pub seconds_per_forward: f64,
@@ -206,10 +219,11 @@ pub struct UnetReport {
 impl BenchReport for UnetReport {
     fn title(&self) -> String {
         format!(
-            "text2ct bench unet: latent {}, batch {}, {} threads, {}",
+            "text2ct bench unet: latent {}, batch {}, {} threads, {}, {}",
             dims_str(&self.latent),
             self.batch,
             self.threads,
+            self.precision,
             self.model
         )
     }
@@ -245,13 +259,14 @@ pub fn bench_unet(o: &BenchOptions, latent: [usize; 4], batch: usize) -> Result<
         let what = format!("a U-Net forward on a latent {} at batch {batch}", dims_str(&latent));
         fits(estimate, &what, "use a smaller --latent")?;
         let mut m = Meter::new();
-        let unet = m.phase("load", || match &o.model {
+        let mut unet = m.phase("load", || match &o.model {
             None => Unet::new(&cfg, 0, &o.device).map_err(model_err),
             Some(dir) => {
                 let card = ModelCard::load(dir)?;
                 Unet::load_checkpoint(&cfg, &dir.join(&card.unet.weights), &o.device).map(|c| c.unet).map_err(model_err)
             }
         })?;
+        unet.set_precision(o.precision_in_effect());
         fits(estimate, &what, "use a smaller --latent")?;
         let (x, t, cond) = speed::unet_inputs(&cfg, latent, batch, &o.device).map_err(model_err)?;
         for i in 0..o.repeats {
@@ -269,6 +284,7 @@ pub fn bench_unet(o: &BenchOptions, latent: [usize; 4], batch: usize) -> Result<
         latent,
         batch,
         threads,
+        precision: o.precision_in_effect().to_string(),
         repeats: o.repeats,
         seconds_per_forward: m.best("forward"),
         seconds_forwards: m.each("forward"),
@@ -302,6 +318,8 @@ pub struct VaeReport {
     pub size: [usize; 3],
     pub latent: [usize; 4],
     pub threads: usize,
+    /// The convolutions' arithmetic as run (`f32`, or `bf16` where the CPU has AVX512-BF16).
+    pub precision: String,
     pub repeats: usize,
     /// How `seconds_decode` decoded.
     pub decode: String,
@@ -338,11 +356,12 @@ pub struct SlidingComparison {
 impl BenchReport for VaeReport {
     fn title(&self) -> String {
         format!(
-            "text2ct bench vae: image {} (latent {}), decode {}, {} threads, {}",
+            "text2ct bench vae: image {} (latent {}), decode {}, {} threads, {}, {}",
             dims_str(&self.size),
             dims_str(&self.latent),
             self.decode,
             self.threads,
+            self.precision,
             self.model
         )
     }
@@ -443,13 +462,14 @@ pub fn bench_vae(o: &BenchOptions, size: [usize; 3], decode: &VaeDecode) -> Resu
         let what = format!("encoding and decoding an image {}", dims_str(&size));
         fits(need, &what, "use a smaller --size, a smaller --window or more --splits")?;
         let mut m = Meter::new();
-        let vae = m.phase("load", || match &o.model {
+        let mut vae = m.phase("load", || match &o.model {
             None => Vae::new(&cfg, 0, &o.device).map_err(model_err),
             Some(dir) => {
                 let card = ModelCard::load(dir)?;
                 Vae::load(&cfg, &dir.join(&card.vae.weights), &o.device).map_err(model_err)
             }
         })?;
+        vae.set_precision(o.precision_in_effect());
         fits(need, &what, "use a smaller --size, a smaller --window or more --splits")?;
         let img = speed::vae_image(&cfg, size, &o.device);
         let mut z = None;
@@ -528,6 +548,7 @@ pub fn bench_vae(o: &BenchOptions, size: [usize; 3], decode: &VaeDecode) -> Resu
         size,
         latent,
         threads,
+        precision: o.precision_in_effect().to_string(),
         repeats: o.repeats,
         decode: desc,
         seconds_encode: m.best("encode"),
@@ -570,6 +591,8 @@ pub struct GenerateReport {
     pub size: [usize; 3],
     pub latent: [usize; 3],
     pub threads: usize,
+    /// The convolutions' arithmetic as run (`f32`, or `bf16` where the CPU has AVX512-BF16).
+    pub precision: String,
     pub repeats: usize,
     pub steps: usize,
     pub guidance: f32,
@@ -596,7 +619,7 @@ pub struct GenerateReport {
 impl BenchReport for GenerateReport {
     fn title(&self) -> String {
         format!(
-            "text2ct bench generate: volume {} (latent {}), {} {} steps, guidance {}, decode {}, {} threads, {}",
+            "text2ct bench generate: volume {} (latent {}), {} {} steps, guidance {}, decode {}, {} threads, {}, {}",
             dims_str(&self.size),
             dims_str(&self.latent),
             self.sampler,
@@ -604,6 +627,7 @@ impl BenchReport for GenerateReport {
             self.guidance,
             self.decode,
             self.threads,
+            self.precision,
             self.model
         )
     }
@@ -732,7 +756,8 @@ pub fn bench_generate(o: &BenchOptions, g: &GenerateBench) -> Result<GenerateRep
                 d
             }
         };
-        let p = m.phase("load", || Ok(Pipeline::load(&dir, &o.device)?))?;
+        let mut p = m.phase("load", || Ok(Pipeline::load(&dir, &o.device)?))?;
+        p.set_precision(o.precision_in_effect());
         let mut opts = p.default_options();
         if let Some(s) = g.size {
             opts.size = s;
@@ -774,6 +799,7 @@ pub fn bench_generate(o: &BenchOptions, g: &GenerateBench) -> Result<GenerateRep
         size: opts.size,
         latent,
         threads,
+        precision: o.precision_in_effect().to_string(),
         repeats: o.repeats,
         steps: opts.steps,
         guidance: opts.guidance,
@@ -811,7 +837,7 @@ mod tests {
 
     #[test]
     fn options_are_checked() {
-        let o = BenchOptions { repeats: 0, threads: None, model: None, device: Device::flex() };
+        let o = BenchOptions { repeats: 0, threads: None, model: None, device: Device::flex(), precision: Precision::F32 };
         assert!(bench_unet(&o, [4, 8, 8, 8], 1).unwrap_err().to_string().contains("--repeats"));
         let o = BenchOptions { repeats: 1, threads: Some(0), ..o };
         assert!(bench_unet(&o, [4, 8, 8, 8], 1).unwrap_err().to_string().contains("--threads"));
@@ -836,7 +862,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!("text2ct-bench-random-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         write_random_model(&d, &card, 3).unwrap();
-        let o = BenchOptions { repeats: 2, threads: Some(1), model: Some(d.clone()), device: Device::flex() };
+        let o = BenchOptions { repeats: 2, threads: Some(1), model: Some(d.clone()), device: Device::flex(), precision: Precision::F32 };
         let g = GenerateBench { size: Some([16, 16, 16]), steps: Some(2), ..Default::default() };
         let r = bench_generate(&o, &g).unwrap();
         assert_eq!((r.steps, r.latent, r.threads), (2, [4, 4, 4], 1));

@@ -93,6 +93,17 @@ impl Attention {
         let [b, n, _] = x.dims();
         let m = kv.dims()[1];
         let (h, d) = (self.num_heads, self.head_dim);
+        if n * m >= crate::fastattn::MIN_SCORES {
+            // Long sequences on the CPU: the tiled kernel on the `[B, N, h·d]` layout as it is.
+            let q = self.to_q.forward(x.clone());
+            let (k, v) = (self.to_k.forward(kv.clone()), self.to_v.forward(kv.clone()));
+            if let Some(o) = crate::fastattn::attention(&q, &k, &v, h, (d as f32).powf(-0.5)) {
+                return match &self.out_proj {
+                    Some(p) => p.forward(o),
+                    None => o,
+                };
+            }
+        }
         let split = |t: Tensor<3>, len: usize| t.reshape([b, len, h, d]).swap_dims(1, 2);
         let q = split(self.to_q.forward(x), n);
         let k = split(self.to_k.forward(kv.clone()), m);

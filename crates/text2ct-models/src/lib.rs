@@ -32,6 +32,7 @@ pub mod ctvit;
 pub mod device;
 pub mod directconv;
 pub mod error;
+pub mod fastattn;
 pub mod fusednorm;
 pub mod interp;
 pub mod memory;

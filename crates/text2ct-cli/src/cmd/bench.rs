@@ -44,6 +44,8 @@ pub struct CommonArgs {
     pub json: bool,
     #[command(flatten)]
     pub device: DeviceArg,
+    #[command(flatten)]
+    pub precision: crate::util::PrecisionArg,
 }
 
 impl CommonArgs {
@@ -53,12 +55,9 @@ impl CommonArgs {
                 bail!("--model {}: not a folder (a model folder holds a model.json card)", m.display());
             }
         }
-        Ok(BenchOptions {
-            repeats: self.repeats,
-            threads: self.threads,
-            model: self.model.clone(),
-            device: self.device.get()?,
-        })
+        let device = self.device.get()?;
+        let precision = self.precision.get(&device)?.unwrap_or_default();
+        Ok(BenchOptions { repeats: self.repeats, threads: self.threads, model: self.model.clone(), device, precision })
     }
 
     fn print(&self, r: &impl BenchReport) {

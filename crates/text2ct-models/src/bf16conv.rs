@@ -33,11 +33,11 @@ pub fn supported() -> bool {
     }
 }
 
-/// Voxels per tile (12 × 2 accumulators + 2 weight vectors ≤ 32 registers, as the f32 kernel).
-pub(crate) const NV: usize = 12;
+/// Voxels per tile (6 × 4 accumulators + 4 weight vectors ≤ 32 registers).
+pub(crate) const NV: usize = 6;
 
-/// Output channels per block (two vectors of 16 f32 accumulators).
-pub(crate) const BLOCK: usize = 32;
+/// Output channels per block (four vectors of 16 f32 accumulators).
+pub(crate) const BLOCK: usize = 64;
 
 /// `v` rounded to bf16 (nearest, ties to even; NaN stays NaN), as its bits.
 pub(crate) fn to_bf16(v: f32) -> u16 {
@@ -89,13 +89,15 @@ pub(crate) fn kernel(t: &Tile, xs: &[u16], wblk: &[u16], acc: &mut [f32; MAX_NV 
                 // SAFETY: the CPU has AVX-512F and AVX512-BF16, and every offset read lies inside
                 // `xs` and `wblk` (both asserted above).
                 match (t.nv, t.width) {
-                    $(($n, 32) => unsafe { avx512bf16::tile::<$n, 2>(t, xs, wblk, acc) },
+                    $(($n, 64) => unsafe { avx512bf16::tile::<$n, 4>(t, xs, wblk, acc) },
+                      ($n, 48) => unsafe { avx512bf16::tile::<$n, 3>(t, xs, wblk, acc) },
+                      ($n, 32) => unsafe { avx512bf16::tile::<$n, 2>(t, xs, wblk, acc) },
                       ($n, 16) => unsafe { avx512bf16::tile::<$n, 1>(t, xs, wblk, acc) },)*
-                    _ => unreachable!("bf16 tiles are 1..=12 voxels of 32 or 16 channels"),
+                    _ => unreachable!("bf16 tiles are 1..=6 voxels of 16, 32, 48 or 64 channels"),
                 }
             };
         }
-        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12)
+        dispatch!(1 2 3 4 5 6)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -202,13 +202,14 @@ fn conv3d_direct_impl(
     Some(Tensor::from_data(TensorData::new(out, [b, cout, d, h, w]), &x.device()))
 }
 
-/// Output-channel blocks `(first, width)`: the kernel's block (32 for AVX-512 and bf16, 16 for
-/// AVX2) while they last, then one block of 16 (`cout` is a multiple of 16).
+/// Output-channel blocks `(first, width)`: the kernel's block (64 for bf16, 32 for AVX-512, 16 for
+/// AVX2) while they last, then one block of the rest (a multiple of 16, as `cout` is).
 fn blocks(cout: usize, kernel: Kernel) -> Vec<(usize, usize)> {
     let full = kernel.block();
     let mut v: Vec<(usize, usize)> = (0..cout / full).map(|k| (k * full, full)).collect();
-    if cout % full == 16 {
-        v.push((cout - 16, 16));
+    let tail = cout % full;
+    if tail > 0 {
+        v.push((cout - tail, tail));
     }
     v
 }
@@ -579,8 +580,14 @@ mod tests {
             return;
         }
         let dev = Device::flex();
-        let cases =
-            [(5, 32, [6, 5, 4]), (7, 48, [4, 7, 13]), (1, 16, [3, 9, 25]), (24, 64, [8, 8, 8]), (3, 16, [5, 3, 2])];
+        let cases = [
+            (5, 32, [6, 5, 4]),
+            (7, 48, [4, 7, 13]),
+            (1, 16, [3, 9, 25]),
+            (24, 64, [8, 8, 8]),
+            (3, 16, [5, 3, 2]),
+            (4, 80, [3, 4, 9]),
+        ];
         for (i, &(cin, cout, dims)) in cases.iter().enumerate() {
             let mut conv = conv3d(&mut InitSource::new(11 + i as u64), "c", cin, cout, 3, 1, 1, &dev);
             if i == 1 {

@@ -37,7 +37,7 @@
 //! ([`RUNTIME_BYTES`]) errs on the safe side. `estimate_matches_measured_peaks` keeps the model
 //! and these measurements together.
 //!
-//! The MAISI decoder's full-width figures in `docs/performance.md` agree too: one 32 × 32 × 16
+//! The MAISI decoder's full-width figures in `docs/notes/performance-log.md` agree too: one 32 × 32 × 16
 //! latent window decoded to 128 × 128 × 64 is `(3·128 + 64) · 4` bytes per voxel = 1.88 GB of
 //! activations + 84 MB of weights, against 1.96 GB measured.
 

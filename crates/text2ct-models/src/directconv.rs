@@ -3,7 +3,7 @@
 //! burn 0.22.1's CPU conv3d builds an im2col patch matrix in 512-voxel tiles and hands it to the
 //! `gemm` crate: 80–130 GFLOP/s on the large convolutions of the VAE and of the U-Net's top level
 //! on the 2-core development machine, where oneDNN's direct convolution reaches 220–275
-//! (docs/performance.md). This is the direct convolution oneDNN does, written plainly:
+//! (docs/notes/performance-log.md). This is the direct convolution oneDNN does, written plainly:
 //!
 //! - the input is copied once into a zero-padded, channel-last layout (`[D+2][H+2][W+2][cin]`), so
 //!   every kernel tap is a fixed offset and a voxel's channels are contiguous;

@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn maisi_decoder_matches_the_measured_window() {
-        // docs/performance.md: one 32 x 32 x 16 latent window of the full-width MAISI decoder
+        // docs/notes/performance-log.md: one 32 x 32 x 16 latent window of the full-width MAISI decoder
         // (-> 128 x 128 x 64) peaks at 1.96 GB RSS, 84 MB of it weights.
         let a = decoder_activations(&VaeConfig::maisi(), [32, 32, 16], DecodeShape::OnePass { splits: 1 }) as f64;
         let measured = 1.96e9 - 84e6;
@@ -169,7 +169,7 @@ mod tests {
     fn absurd_sizes_saturate() {
         let u = UnetConfig::text2ct();
         assert_eq!(unet_activations(&u, [usize::MAX; 3], 2).unwrap(), u64::MAX);
-        // Near the measured 1.9 GB of activations at Text2CT's latent (docs/performance.md:
+        // Near the measured 1.9 GB of activations at Text2CT's latent (docs/notes/performance-log.md:
         // 2.72 GB peak less 0.87 GB of weights).
         let at = unet_activations(&u, [128, 128, 32], 1).unwrap();
         assert!((1.4e9..2.6e9).contains(&(at as f64)), "{at}");

@@ -397,6 +397,8 @@ impl Vae {
         if splits == 1 || z.is_require_grad() {
             return Ok(self.decode(z));
         }
+        // The model's precision and packed weights for every convolution below (as `decode`).
+        let _kernels = self.net.kernels.enter();
         let dev = z.device();
         let [b, _, x, y, zz] = dims;
         let z = self.net.post_quant_conv.forward(z);

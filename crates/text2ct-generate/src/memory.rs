@@ -242,6 +242,21 @@ mod tests {
         }
     }
 
+    /// docs/performance.md: at the release's 512 x 512 x 128 neither the card's 80^3 window nor
+    /// one pass fits this class of machine (24 GiB), a 40 x 40 x 40 window fits 8 GiB.
+    #[test]
+    fn release_size_decoding_choices() {
+        let (u, v) = (UnetConfig::text2ct(), VaeConfig::maisi());
+        // U-Net 217.7 M + MAISI VAE 20.9 M + CLIP text encoder 123 M parameters.
+        let params = 217_659_524 + 20_944_897 + 123_060_480;
+        let e = |how| estimate(&u, &v, params, [512, 512, 128], 2, how).unwrap().peak();
+        let gib = 1u64 << 30;
+        assert!(e(DecodeShape::Sliding { window: [80, 80, 80] }) > 22 * gib);
+        assert!(e(DecodeShape::OnePass { splits: 256 }) > 22 * gib);
+        let w40 = e(DecodeShape::Sliding { window: [40, 40, 40] });
+        assert!(w40 < 8 * gib && w40 > 7 * gib, "{w40}");
+    }
+
     #[test]
     fn estimates_grow_with_the_size_and_saturate_on_absurd_ones() {
         let (u, v) = phantom_default();

@@ -269,3 +269,49 @@ fn generate_uses_the_embedded_default_model() {
     assert_eq!(dv2.data(), dv.data());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `--max-memory`: without a decode option, a decoding that fits is chosen (said, and recorded in
+/// the sidecar); a cap too small for anything or not a byte count is refused before the model
+/// loads.
+#[test]
+fn generate_fits_the_decoding_to_max_memory() {
+    let d = std::env::temp_dir().join(format!("text2ct-cli-gen-maxmem-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let gen = |sub: &str, extra: &[&str]| {
+        let out = d.join(sub);
+        let o = Command::new(env!("CARGO_BIN_EXE_text2ct"))
+            .args(["generate", "--prompt", "Findings: Cardiomegaly.", "--size", "128,128,64", "--steps", "1"])
+            .args(["--out", out.to_str().unwrap()])
+            .args(extra)
+            .env_remove("TEXT2CT_MODEL")
+            .env("TEXT2CT_CACHE", d.join("cache"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!err.contains("panicked"), "{err}");
+        (o.status.success(), err)
+    };
+    let sidecar = |sub: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join(sub).join("prompt_seed0.json")).unwrap()).unwrap()
+    };
+    // The default model decodes in one pass; at 128 x 128 x 64 that needs ~570 MiB.
+    let (ok, err) = gen("plain", &[]);
+    assert!(ok, "{err}");
+    assert_eq!(sidecar("plain")["decode"], "one pass");
+    let (ok, err) = gen("capped", &["--max-memory", "300M"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("would not fit in 300.0 MiB"), "{err}");
+    let decode = sidecar("capped")["decode"].as_str().unwrap().to_string();
+    assert!(decode.starts_with("sliding window"), "{decode}");
+    assert_eq!(sidecar("capped")["size"], serde_json::json!([128, 128, 64]));
+    // A decode option is the user's choice: checked against the cap, not replaced.
+    let (ok, err) = gen("mine", &["--max-memory", "300M", "--decode", "one-pass"]);
+    assert!(!ok && err.contains("--max-memory") && err.contains("needs about"), "{err}");
+    for (bad, says) in [("1K", "below 64 MiB"), ("lots", "not a byte count")] {
+        let (ok, err) = gen("bad", &["--max-memory", bad]);
+        assert!(!ok && err.contains("--max-memory") && err.contains(says), "{bad}: {err}");
+        assert!(!err.contains("loading"), "refused before loading: {err}");
+    }
+    assert!(!d.join("bad").exists());
+    let _ = std::fs::remove_dir_all(&d);
+}

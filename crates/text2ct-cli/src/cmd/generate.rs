@@ -125,6 +125,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("--noise reproduces one volume: use it with one prompt and --count 1");
     }
     let (mode, window, splits) = a.decode.parse()?;
+    let cap = crate::util::max_memory(a.max_memory.as_deref())?;
     crate::util::output_dir(&a.out, "--out")?;
     eprintln!("loading {} …", model.display());
     let mut p = Pipeline::load(&model, &device).with_context(|| format!("loading the model in {}", model.display()))?;
@@ -149,7 +150,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     opts.set_decode(mode, window, splits, p.card.decode.window, p.default_decode_splits())?;
     opts.validate()?;
     let latent = p.check_size(opts.size)?;
-    let budget = text2ct_io::memory::budget(crate::util::max_memory(a.max_memory.as_deref())?)?;
+    let budget = text2ct_io::memory::budget(cap)?;
     if let (None, None, None, Some(b)) = (mode, window, splits, &budget) {
         if let Some(how) = text2ct_generate::memory::fit_decode(&p, &mut opts, b.bytes)? {
             eprintln!(

@@ -17,19 +17,9 @@ fn tmp(tag: &str) -> PathBuf {
     d
 }
 
-/// A `.npy` as NumPy writes it: magic, version 1.0, the header dict padded with spaces to a
-/// multiple of 64 bytes and ended by a newline, then the data.
+/// A `.npy` as NumPy writes it (`text2ct_io::npy::encode_raw`).
 fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while !(10 + dict.len() + 1).is_multiple_of(64) {
-        dict.push(' ');
-    }
-    dict.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
-    out.extend_from_slice(data);
-    out
+    text2ct_io::npy::encode_raw(descr, false, shape, data)
 }
 
 /// `unet forward` with the fixtures and `--class-labels labels`; Ok(output) or Err(stderr).

@@ -355,21 +355,7 @@ fn header_bytes(dtype: NpyType, shape: &[usize], fortran: bool) -> Vec<u8> {
         1 => format!("({},)", shape[0]),
         _ => format!("({})", shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")),
     };
-    let mut dict = format!(
-        "{{'descr': '{}', 'fortran_order': {}, 'shape': {}, }}",
-        dtype.descr(),
-        if fortran { "True" } else { "False" },
-        shape_txt
-    );
-    // Pad so that the data starts at a multiple of 64 bytes (version 1.0 header: 10 bytes).
-    let total = 10 + dict.len() + 1;
-    let pad = (64 - total % 64) % 64;
-    dict.push_str(&" ".repeat(pad));
-    dict.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
-    out
+    encode_raw(dtype.descr(), fortran, &shape_txt, &[])
 }
 
 /// Write `f32` data (C order for `shape`) atomically.
@@ -415,6 +401,26 @@ fn write_raw(
     })
 }
 
+/// A `.npy` file of any dtype, built byte by byte as NumPy writes it: magic, version 1.0, the
+/// header dict (`descr` such as `<i8` or `>f4`, the shape as a Python tuple literal such as
+/// `(2, 3)`) padded with spaces to a multiple of 64 bytes and ended by a newline, then `data` as
+/// given. For tests and tools that need files in the dtypes NumPy writes ([`NpyArray::write`]
+/// writes f32 only).
+pub fn encode_raw(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+    let f = if fortran { "True" } else { "False" };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': {f}, 'shape': {shape}, }}");
+    // Pad so that the data starts at a multiple of 64 bytes (version 1.0 header: 10 bytes).
+    while !(10 + dict.len() + 1).is_multiple_of(64) {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,22 +460,6 @@ mod tests {
         assert!(read_npy(&p, &Limits::default()).unwrap_err().to_string().contains("unsupported dtype"));
     }
 
-    /// A `.npy` file built byte by byte as NumPy writes it: magic, version 1.0, the header dict
-    /// padded with spaces to a multiple of 64 bytes and ended by a newline, then the data.
-    pub(crate) fn raw_npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
-        let f = if fortran { "True" } else { "False" };
-        let mut dict = format!("{{'descr': '{descr}', 'fortran_order': {f}, 'shape': {shape}, }}");
-        while !(10 + dict.len() + 1).is_multiple_of(64) {
-            dict.push(' ');
-        }
-        dict.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-        out.extend_from_slice(dict.as_bytes());
-        out.extend_from_slice(data);
-        out
-    }
-
     fn bytes_of<const N: usize>(v: impl IntoIterator<Item = [u8; N]>) -> Vec<u8> {
         v.into_iter().flatten().collect()
     }
@@ -495,7 +485,7 @@ mod tests {
         ];
         for (descr, body) in &cases {
             let p = d.join("a.npy");
-            std::fs::write(&p, raw_npy(descr, false, "(3,)", body)).unwrap();
+            std::fs::write(&p, encode_raw(descr, false, "(3,)", body)).unwrap();
             let a = read_npy(&p, &lim).unwrap_or_else(|e| panic!("{descr}: {e}"));
             assert_eq!(
                 (a.shape.as_slice(), a.data.as_slice()),
@@ -513,20 +503,20 @@ mod tests {
         ];
         for (descr, body) in &unsigned {
             let p = d.join("u.npy");
-            std::fs::write(&p, raw_npy(descr, false, "(3,)", body)).unwrap();
+            std::fs::write(&p, encode_raw(descr, false, "(3,)", body)).unwrap();
             assert_eq!(read_npy(&p, &lim).unwrap().data, [7.0, 0.0, 65535.0], "{descr}");
             assert_eq!(read_npy_i64(&p, &lim).unwrap().1, [7, 0, 65535], "{descr}");
         }
         // Bool; `np.save("labels.npy", np.array([1]))` (int64, shape (1,)).
         let p = d.join("b.npy");
-        std::fs::write(&p, raw_npy("|b1", false, "(2, 2)", &[1, 0, 0, 1])).unwrap();
+        std::fs::write(&p, encode_raw("|b1", false, "(2, 2)", &[1, 0, 0, 1])).unwrap();
         assert_eq!(read_npy(&p, &lim).unwrap().data, [1.0, 0.0, 0.0, 1.0]);
         let p = d.join("labels.npy");
-        std::fs::write(&p, raw_npy("<i8", false, "(1,)", &1i64.to_le_bytes())).unwrap();
+        std::fs::write(&p, encode_raw("<i8", false, "(1,)", &1i64.to_le_bytes())).unwrap();
         assert_eq!(read_npy_i64(&p, &lim).unwrap(), (vec![1], vec![1]));
         // Fortran-ordered int64 (2 x 3): element (i, j) at i + 2 * j.
         let p = d.join("f.npy");
-        std::fs::write(&p, raw_npy("<i8", true, "(2, 3)", &bytes_of([0i64, 1, 10, 11, 20, 21].map(i64::to_le_bytes))))
+        std::fs::write(&p, encode_raw("<i8", true, "(2, 3)", &bytes_of([0i64, 1, 10, 11, 20, 21].map(i64::to_le_bytes))))
             .unwrap();
         assert_eq!(read_npy_i64(&p, &lim).unwrap().1, [0, 10, 20, 1, 11, 21]);
         assert_eq!(read_npy(&p, &lim).unwrap().data, [0.0, 10.0, 20.0, 1.0, 11.0, 21.0]);
@@ -542,7 +532,7 @@ mod tests {
         let p = d.join("big.npy");
         let err = |descr: &str, body: &[u8], int: bool| {
             // 8-byte elements
-            std::fs::write(&p, raw_npy(descr, false, &format!("({},)", body.len() / 8), body)).unwrap();
+            std::fs::write(&p, encode_raw(descr, false, &format!("({},)", body.len() / 8), body)).unwrap();
             let e = if int { read_npy_i64(&p, &lim).map(|_| ()) } else { read_npy(&p, &lim).map(|_| ()) };
             e.unwrap_err().to_string()
         };
@@ -550,7 +540,7 @@ mod tests {
         let big = bytes_of([0i64, (1 << 40) + 1].map(i64::to_le_bytes));
         let e = err("<i8", &big, false);
         assert!(e.contains("big.npy") && e.contains("element 1") && e.contains("1099511627777"), "{e}");
-        std::fs::write(&p, raw_npy("<i8", false, "(2,)", &big)).unwrap();
+        std::fs::write(&p, encode_raw("<i8", false, "(2,)", &big)).unwrap();
         assert_eq!(read_npy_i64(&p, &lim).unwrap().1, [0, (1 << 40) + 1]);
         // uint64 beyond int64, float64 beyond float32, a fraction as an integer, NaN as an integer.
         let e = err("<u8", &u64::MAX.to_le_bytes(), true);
@@ -562,13 +552,13 @@ mod tests {
         let e = err("<f8", &f64::NAN.to_le_bytes(), true);
         assert!(e.contains("not a whole number"), "{e}");
         // A bool byte that is neither 0 nor 1.
-        std::fs::write(&p, raw_npy("|b1", false, "(2,)", &[1, 7])).unwrap();
+        std::fs::write(&p, encode_raw("|b1", false, "(2,)", &[1, 7])).unwrap();
         let e = read_npy(&p, &lim).unwrap_err().to_string();
         assert!(e.contains("element 1") && e.contains("bool byte 7"), "{e}");
         // Byte orders that do not exist for the type, and big-endian sizes in the message.
-        std::fs::write(&p, raw_npy("|f4", false, "(1,)", &[0; 4])).unwrap();
+        std::fs::write(&p, encode_raw("|f4", false, "(1,)", &[0; 4])).unwrap();
         assert!(read_npy(&p, &lim).unwrap_err().to_string().contains("unsupported dtype \"|f4\""));
-        std::fs::write(&p, raw_npy(">f8", false, "(2,)", &[0; 12])).unwrap();
+        std::fs::write(&p, encode_raw(">f8", false, "(2,)", &[0; 12])).unwrap();
         let e = read_npy(&p, &lim).unwrap_err().to_string();
         assert!(e.contains(">f8") && e.contains("needs 16"), "{e}");
         std::fs::remove_dir_all(&d).ok();

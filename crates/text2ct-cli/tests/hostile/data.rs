@@ -260,18 +260,9 @@ fn unet_forward(out: &Path) -> Vec<String> {
     a
 }
 
-/// A `.npy` written byte by byte as NumPy writes it (version 1.0, header padded to 64 bytes).
+/// A `.npy` as NumPy writes it (`text2ct_io::npy::encode_raw`).
 fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while !(10 + dict.len() + 1).is_multiple_of(64) {
-        dict.push(' ');
-    }
-    dict.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
-    out.extend_from_slice(data);
-    out
+    text2ct_io::npy::encode_raw(descr, false, shape, data)
 }
 
 /// A 6 x 5 x 4 CT series (IM0001.dcm … IM0004.dcm) written by text2ct's own DICOM writer.

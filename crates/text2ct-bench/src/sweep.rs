@@ -112,6 +112,10 @@ impl SweepConfig {
             if !w.is_finite() || *w < 0.0 {
                 return input(format!("guidance scale {w} is not a finite number >= 0"));
             }
+            // Every scale up front (generation checks each again only when it reaches it).
+            if let Err(e) = text2ct_generate::limits::check_guidance(*w) {
+                return input(e.to_string());
+            }
             if self.guidance[..i].contains(w) {
                 return input(format!("guidance scale {w} is given twice"));
             }
@@ -552,4 +556,27 @@ pub fn parse_guidance(s: &str) -> Result<Vec<f32>> {
                 .map_err(|_| BenchError::Input(format!("guidance scale {:?} is not a number", t.trim())))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(guidance: &str) -> SweepConfig {
+        toml::from_str(&format!("model = \"m\"\nreports = \"r.csv\"\nreal = \"real\"\nguidance = {guidance}\n")).unwrap()
+    }
+
+    /// Every scale is checked before any is generated: one beyond the generation limit fails the
+    /// whole sweep up front, naming it (it used to fail only on reaching that scale).
+    #[test]
+    fn every_guidance_scale_is_checked_up_front() {
+        // Valid scales pass on to the next check (the model folder, absent here).
+        let e = config("[0.0, 5.0, 15.0]").validate().unwrap_err().to_string();
+        assert!(e.contains("no model.json"), "{e}");
+        let e = config("[0.0, 5.0, 1000.0]").validate().unwrap_err().to_string();
+        assert!(e.contains("1000") && e.contains("outside"), "{e}");
+        let e = config("[5.0, 5.0]").validate().unwrap_err().to_string();
+        assert!(e.contains("given twice"), "{e}");
+        assert!(config("[-1.0]").validate().is_err());
+    }
 }

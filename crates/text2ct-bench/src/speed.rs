@@ -406,7 +406,7 @@ fn describe_window(window: [usize; 3], overlap: f64) -> String {
 
 /// HU difference statistics of two decoder outputs (`[.., X, Y, Z]`, raw values in [0, 1]).
 fn hu_difference(a: &[f32], b: &[f32]) -> (f64, f64, f64, f64, f64) {
-    let hu = |v: f32| f64::from((v * 2000.0 - 1000.0).clamp(-1000.0, 1000.0));
+    let hu = |v: f32| f64::from(text2ct_io::transform::unit_to_hu(v));
     let mut d: Vec<f64> = a.iter().zip(b).map(|(&x, &y)| (hu(x) - hu(y)).abs()).collect();
     let n = d.len().max(1) as f64;
     let mean = d.iter().sum::<f64>() / n;

@@ -142,7 +142,7 @@ impl MappedVolume {
     /// All voxels scaled to [0, 1] (x fastest), as models read them.
     pub fn to_unit(&self) -> Vec<f32> {
         let n = self.dims.iter().product();
-        (0..n).map(|i| (self.hu(i) as f32 + 1000.0) / 2000.0).collect()
+        (0..n).map(|i| text2ct_io::transform::hu_to_unit(f32::from(self.hu(i)))).collect()
     }
     /// The volume in HU with the entry's geometry.
     pub fn to_volume(&self, affine: &[[f64; 4]; 4]) -> Result<Volume> {

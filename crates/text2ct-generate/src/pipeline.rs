@@ -501,7 +501,7 @@ impl Pipeline {
         for x in 0..nx {
             for y in 0..ny {
                 for z in 0..nz {
-                    let hu = (v[(x * ny + y) * nz + z] * 2000.0 - 1000.0).clamp(-1000.0, 1000.0);
+                    let hu = text2ct_io::transform::unit_to_hu(v[(x * ny + y) * nz + z]);
                     data[x + nx * (y + ny * z)] = if hu.is_finite() { hu.trunc() } else { f32::NAN };
                 }
             }

@@ -203,7 +203,15 @@ pub fn scale_to_unit(vol: &mut Volume, lo: f32, hi: f32) {
     vol.map_inplace(move |v| (v.clamp(lo, hi) - lo) / w);
 }
 
-/// Inverse of [`scale_to_unit`] for the CT window [-1000, 1000]: `x * 2000 - 1000`, clipped.
+/// The one conversion between HU and what the networks see (the CT window [−1000, 1000] HU
+/// scaled to [0, 1], as Text2CT's `ScaleIntensityRange` with clip): `(clip(hu) + 1000) / 2000`.
+/// NaN stays NaN (±∞ clip to the window's ends): callers refuse non-finite voxels by name rather
+/// than let them pass as a valid value.
+pub fn hu_to_unit(hu: f32) -> f32 {
+    (hu.clamp(-1000.0, 1000.0) + 1000.0) / 2000.0
+}
+
+/// Inverse of [`hu_to_unit`]: `x * 2000 − 1000`, clipped to [−1000, 1000]; NaN stays NaN.
 pub fn unit_to_hu(x: f32) -> f32 {
     (x * 2000.0 - 1000.0).clamp(-1000.0, 1000.0)
 }
@@ -211,6 +219,21 @@ pub fn unit_to_hu(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hu_and_unit_convert_both_ways_and_keep_nan() {
+        assert_eq!(hu_to_unit(-1000.0), 0.0);
+        assert_eq!(hu_to_unit(0.0), 0.5);
+        assert_eq!(hu_to_unit(3000.0), 1.0);
+        assert_eq!(hu_to_unit(f32::NEG_INFINITY), 0.0);
+        assert!(hu_to_unit(f32::NAN).is_nan());
+        for hu in [-1000.0, -512.5, 0.0, 40.0, 1000.0] {
+            assert!((unit_to_hu(hu_to_unit(hu)) - hu).abs() < 1e-3, "{hu}");
+        }
+        assert_eq!(unit_to_hu(-0.5), -1000.0);
+        assert_eq!(unit_to_hu(f32::INFINITY), 1000.0);
+        assert!(unit_to_hu(f32::NAN).is_nan());
+    }
 
     fn ramp(dims: [usize; 3], spacing: [f64; 3]) -> Volume {
         // f = 2x + 3y - z (in voxel units), linear: trilinear interpolation reproduces it.

@@ -87,10 +87,10 @@ impl VolumeSet {
     }
 }
 
-/// `(clip(hu, -1000, 1000) + 1000) / 2000`.
+/// `text2ct_io::transform::hu_to_unit` of a stored int16 HU value.
 #[inline]
 pub fn hu_to_unit(hu: i16) -> f32 {
-    (hu.clamp(-1000, 1000) as f32 + 1000.0) / 2000.0
+    text2ct_io::transform::hu_to_unit(f32::from(hu))
 }
 
 /// Where a loader is: epoch and position inside that epoch's order.

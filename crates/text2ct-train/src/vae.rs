@@ -217,7 +217,7 @@ fn unit_volume(data: &[f32], d: [usize; 3], affine: &[[f64; 4]; 4]) -> Result<Vo
     for x in 0..nx {
         for y in 0..ny {
             for z in 0..nz {
-                v[x + nx * (y + ny * z)] = data[(x * ny + y) * nz + z].clamp(0.0, 1.0) * 2000.0 - 1000.0;
+                v[x + nx * (y + ny * z)] = text2ct_io::transform::unit_to_hu(data[(x * ny + y) * nz + z]);
             }
         }
     }

@@ -253,7 +253,7 @@ fn to_input(hu: &dyn Fn(usize) -> f32, dims: [usize; 3], hwd: bool, dev: &Device
                 if !v.is_finite() {
                     bail!("non-finite voxel at ({x},{y},{z})");
                 }
-                let u = (v.clamp(-1000.0, 1000.0) + 1000.0) / 2000.0;
+                let u = text2ct_io::transform::hu_to_unit(v);
                 let i = if hwd { (x * ny + y) * nz + z } else { (z * nx + x) * ny + y };
                 data[i] = u;
             }

@@ -190,7 +190,7 @@ fn encode(a: EncodeArgs) -> anyhow::Result<()> {
                     if !hu.is_finite() {
                         bail!("{}: non-finite voxel at ({x},{y},{z})", a.input.display());
                     }
-                    data[(x * ny + y) * nz + z] = (hu.clamp(-1000.0, 1000.0) + 1000.0) / 2000.0;
+                    data[(x * ny + y) * nz + z] = text2ct_io::transform::hu_to_unit(hu);
                 }
             }
         }
@@ -297,8 +297,13 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
             for y in 0..ny {
                 for zz in 0..nz {
                     let v = src[(x * ny + y) * nz + zz];
-                    let hu = if v.is_finite() { (v * 2000.0 - 1000.0).clamp(-1000.0, 1000.0).trunc() } else { -1000.0 };
-                    data[x + nx * (y + ny * zz)] = hu;
+                    if v.is_nan() {
+                        bail!(
+                            "{}: the decoder gave NaN at voxel ({x},{y},{zz}) of latent {bi}; nothing was written for it",
+                            a.input.display()
+                        );
+                    }
+                    data[x + nx * (y + ny * zz)] = text2ct_io::transform::unit_to_hu(v).trunc();
                 }
             }
         }

@@ -13,6 +13,7 @@ pub mod phantom;
 pub mod prepare;
 pub mod preview;
 pub mod schedule;
+pub mod serve;
 pub mod text;
 pub mod train;
 pub mod unet;

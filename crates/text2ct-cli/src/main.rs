@@ -35,6 +35,9 @@ enum Command {
     Prepare(cmd::prepare::PrepareCommand),
     /// Draw axial, coronal and sagittal mid-slices of a volume side by side into a PNG.
     Preview(cmd::preview::PreviewArgs),
+    /// A 3D rendering of a volume as a PNG: maximum-intensity projection or volume rendering
+    /// (CT transfer function), one view or a turntable of N views.
+    Render(cmd::render::RenderArgs),
     /// Print a volume's header, geometry, orientation and HU statistics.
     Inspect(cmd::inspect::InspectArgs),
     /// Model cards: write one for Text2CT's released weights, or check a model folder.
@@ -83,6 +86,7 @@ fn main() {
         Command::Prepare(a) => cmd::prepare::run(a),
         Command::Preview(a) => cmd::preview::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Render(a) => cmd::render::run(a),
         Command::Schedule(a) => cmd::schedule::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Model(a) => cmd::model::run(a),

@@ -350,6 +350,18 @@
       else $('pane-b').hidden = true;
       if (nvB && !$('pane-b').hidden) nvB.resizeListener();
     });
+    for (const b of [$('r-mip'), $('r-dvr')]) {
+      b.addEventListener('click', () => {
+        const vid = t2c.loaded.a;
+        if (!vid) return say('show a volume in viewer A first', true);
+        const img = $('render');
+        say('rendering ' + b.dataset.mode + ' of ' + vid + ' …');
+        img.onload = () => say(b.dataset.mode.toUpperCase() + ' of ' + vid + ': 4 views, front, left, back, right');
+        img.onerror = () => say('rendering failed', true);
+        img.src = withToken('/api/volumes/' + encodeURIComponent(vid) + '/render.png?mode=' + b.dataset.mode + '&angles=4');
+        img.hidden = false;
+      });
+    }
     $('open-go').addEventListener('click', () => openPath($('open-path').value.trim()).catch((e) => say(String(e.message || e), true)));
     if (info.data_root) await browse('');
     await refreshGallery();

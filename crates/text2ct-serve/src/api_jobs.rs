@@ -37,12 +37,12 @@ pub struct GenerateRequest {
 /// Check a request and turn it into a job, with the same rules as `generate`
 /// (`SampleOptions::validate`, `JobList::for_prompt`) plus the server's bounds.
 pub fn job_request(st: &SharedState, r: GenerateRequest) -> Result<JobRequest, ApiError> {
-    let bad = ApiError::bad_request;
+    let bad = |m: String| ApiError::bad_request(m);
     if r.prompt.len() > MAX_PROMPT_BYTES {
         return Err(bad(format!("prompt: longer than {MAX_PROMPT_BYTES} bytes ({})", r.prompt.len())));
     }
     if r.prompt.trim().is_empty() {
-        return Err(bad("prompt: empty (give the report text to generate from)"));
+        return Err(bad("prompt: empty (give the report text to generate from)".into()));
     }
     if r.negative_prompt.as_ref().is_some_and(|n| n.len() > MAX_PROMPT_BYTES) {
         return Err(bad(format!("negative_prompt: longer than {MAX_PROMPT_BYTES} bytes")));

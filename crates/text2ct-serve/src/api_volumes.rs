@@ -1,13 +1,14 @@
 //! The volumes: `GET /api/volumes` (the gallery of the output folder), and each volume's files —
 //! `GET /api/volumes/{vid}.nii.gz`, `/api/volumes/{vid}/preview.png`, `/sidecar.json`, `/dicom.zip`
-//! (the DICOM series written on request from the NIfTI, `text2ct_generate::output::write_dicom`).
+//! (the DICOM series written on request from the NIfTI, `text2ct_generate::output::write_dicom`),
+//! `/render.png?mode=mip|dvr&angles=N` (a 3D rendering, `text2ct_io::render`, as `text2ct render`).
 //! Files are streamed in fixed-size chunks, so memory stays bounded however many clients download.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -133,6 +134,7 @@ pub async fn nifti(State(st): State<SharedState>, UrlPath(file): UrlPath<String>
 pub async fn volume_file(
     State(st): State<SharedState>,
     UrlPath((vid, what)): UrlPath<(String, String)>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let dir = volume_dir(&st, &vid)?;
     match what.as_str() {
@@ -146,8 +148,13 @@ pub async fn volume_file(
             let zip = dicom_zip(&st, &vid).await?;
             stream_file(&zip, "application/zip", Some(&format!("{vid}_dicom.zip"))).await
         }
+        "render.png" => {
+            let q = render_query(query.as_deref())?;
+            let png = render_png(&st, &dir, &vid, q).await?;
+            stream_file(&png, "image/png", None).await
+        }
         other => Err(ApiError::not_found(format!(
-            "{:?}: a volume has preview.png, sidecar.json, dicom.zip and volume.nii.gz",
+            "{:?}: a volume has preview.png, sidecar.json, dicom.zip, render.png and volume.nii.gz",
             other.chars().take(80).collect::<String>()
         ))),
     }
@@ -206,4 +213,66 @@ fn build_dicom_zip(out: &Path, cache: &Path, vid: &str, json: &Path, zip: &Path)
     })();
     let _ = std::fs::remove_dir_all(&series);
     result
+}
+
+/// The query of `render.png`: `mode` (`mip`, the default, or `dvr`) and `angles` (views, 1 to 8).
+#[derive(Clone, Copy, Debug)]
+pub struct RenderQuery {
+    pub mode: text2ct_io::render::RenderMode,
+    pub angles: usize,
+}
+
+/// Most views one `render.png` may ask for.
+pub const MAX_RENDER_ANGLES: usize = 8;
+
+fn render_query(q: Option<&str>) -> Result<RenderQuery, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Q {
+        mode: Option<String>,
+        angles: Option<usize>,
+        #[allow(dead_code)]
+        token: Option<String>,
+    }
+    let uri: axum::http::Uri =
+        format!("/?{}", q.unwrap_or("")).parse().map_err(|_| ApiError::bad_request("render.png: bad query"))?;
+    let Query(q) = Query::<Q>::try_from_uri(&uri).map_err(|e| ApiError::bad_request(format!("render.png: {e}")))?;
+    let mode = q.mode.as_deref().unwrap_or("mip").parse().map_err(|e| ApiError::bad_request(format!("mode: {e}")))?;
+    let angles = q.angles.unwrap_or(1);
+    if angles == 0 || angles > MAX_RENDER_ANGLES {
+        return Err(ApiError::bad_request(format!("angles: {angles} is not in 1..={MAX_RENDER_ANGLES}")));
+    }
+    Ok(RenderQuery { mode, angles })
+}
+
+/// A rendering of a volume, made once into the cache (one heavy job at a time).
+async fn render_png(st: &SharedState, dir: &Path, vid: &str, q: RenderQuery) -> Result<PathBuf, ApiError> {
+    use text2ct_io::render::{render, turntable, RenderMode, RenderOptions};
+    let nii = file_in(dir, &format!("{vid}.nii.gz"))?;
+    let mode = match q.mode {
+        RenderMode::Mip => "mip",
+        RenderMode::Dvr => "dvr",
+    };
+    let png = st.cache.join(format!("{vid}.{mode}{}.png", q.angles));
+    let fresh = |p: &Path| {
+        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        matches!((m(p), m(&nii)), (Some(a), Some(b)) if a >= b)
+    };
+    if fresh(&png) {
+        return Ok(png);
+    }
+    let _one = st.heavy.lock().await;
+    if fresh(&png) {
+        return Ok(png);
+    }
+    let (png2, vid2) = (png.clone(), vid.to_string());
+    tokio::task::spawn_blocking(move || {
+        let err = |e: &dyn std::fmt::Display| ApiError::internal(format!("{vid2}: rendering: {e}"));
+        let (vol, _) = text2ct_io::nifti_io::read_nifti(&nii, &text2ct_io::Limits::default()).map_err(|e| err(&e))?;
+        let opts = RenderOptions { mode: q.mode, size_px: 256, ..Default::default() };
+        let img = if q.angles == 1 { render(&vol, &opts) } else { turntable(&vol, &opts, q.angles) }.map_err(|e| err(&e))?;
+        text2ct_io::preview::save_png_rgb(&img, &png2).map_err(|e| err(&e))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("rendering: {e}")))??;
+    Ok(png)
 }

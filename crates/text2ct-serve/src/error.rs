@@ -1,5 +1,6 @@
 //! API errors: a status code and a JSON body `{"error": "…"}` naming what was wrong.
 
+use axum::extract::FromRequest;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -43,7 +44,7 @@ impl IntoResponse for ApiError {
 /// [`ApiError`]s with a JSON body, like every other error of the API.
 pub struct JsonBody<T>(pub T);
 
-impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+impl<S, T> FromRequest<S> for JsonBody<T>
 where
     T: serde::de::DeserializeOwned,
     S: Send + Sync,

@@ -32,15 +32,15 @@ fn canonical_dir(p: &std::path::Path, option: &str) -> Result<PathBuf, String> {
 /// model (the embedded default without `--model`) and bind the address.
 pub async fn bind(config: ServeConfig, device: Device) -> Result<Server, String> {
     let addr = config.socket_addr()?;
+    let data_root = match &config.data_root {
+        Some(d) => Some(canonical_dir(d, "--data-root")?),
+        None => None,
+    };
     text2ct_io::error::check_output_dir(&config.out).map_err(|e| format!("--out: {e}"))?;
     std::fs::create_dir_all(&config.out).map_err(|e| format!("--out {}: {e}", config.out.display()))?;
     let out = canonical_dir(&config.out, "--out")?;
     let cache = out.join(".serve-cache");
     std::fs::create_dir_all(cache.join("opened")).map_err(|e| format!("creating {}: {e}", cache.display()))?;
-    let data_root = match &config.data_root {
-        Some(d) => Some(canonical_dir(d, "--data-root")?),
-        None => None,
-    };
     let model = match &config.model {
         Some(m) => m.clone(),
         None => text2ct_generate::default_model::materialize().map_err(|e| format!("the embedded model: {e}"))?,

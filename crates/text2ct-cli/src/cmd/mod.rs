@@ -12,6 +12,7 @@ pub mod model;
 pub mod phantom;
 pub mod prepare;
 pub mod preview;
+pub mod render;
 pub mod schedule;
 pub mod serve;
 pub mod text;

@@ -38,7 +38,9 @@
     return new niivue.Niivue({
       backColor: [0, 0, 0, 1],
       show3Dcrosshair: true,
-      crosshairColor: [0.2, 0.8, 1, 1],
+      crosshairColor: [0.2, 0.8, 1, 0.8],
+      crosshairWidth: 1,
+      multiplanarLayout: niivue.MULTIPLANAR_TYPE.GRID,
       logLevel: 'error',
       dragAndDropEnabled: false,
       isColorbar: false,
@@ -298,13 +300,13 @@
       b.appendChild(d);
     };
     if (dir) {
-      add('⤴ ..', () => browse(dir.split('/').slice(0, -1).join('/')));
-      add('▶ open this folder as a DICOM series', () => openPath(dir));
+      add('[up] ..', () => browse(dir.split('/').slice(0, -1).join('/')));
+      add('[open this folder as a DICOM series]', () => openPath(dir));
     }
     for (const e of r.entries) {
       const path = dir ? dir + '/' + e.name : e.name;
-      if (e.kind === 'dir') add('📁 ' + e.name, () => browse(path));
-      else add('🗎 ' + e.name, () => openPath(path));
+      if (e.kind === 'dir') add('[folder] ' + e.name, () => browse(path));
+      else add('[NIfTI] ' + e.name, () => openPath(path));
     }
   }
 

@@ -3,7 +3,7 @@
 //! series folder with the readers `inspect` uses, keeps a NIfTI copy and a preview in the cache and
 //! answers the volume id the viewer loads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -132,7 +132,7 @@ pub async fn open(
 }
 
 /// Read the volume as `inspect` does and write its NIfTI copy, preview and description.
-fn convert(path: &Path, is_dir: bool, series: Option<&str>, rel: &str, vid: &str, dir: &PathBuf) -> Result<(), ApiError> {
+fn convert(path: &Path, is_dir: bool, series: Option<&str>, rel: &str, vid: &str, dir: &Path) -> Result<(), ApiError> {
     let unreadable = |e: &dyn std::fmt::Display| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{rel}: {e}"));
     let (vol, header, kind): (Volume, serde_json::Value, &str) = if is_dir {
         let (v, i) = read_dicom_series(path, series, &Limits::default()).map_err(|e| unreadable(&e))?;

@@ -308,7 +308,8 @@ fn page_in_headless_chromium() {
     // Switch to the bone window.
     b.eval("document.getElementById('w-bone').click(); true");
     b.settle(800);
-    assert_eq!(b.eval("window.t2c.window()"), json!([-500.0, 1500.0]));
+    let w: Vec<f64> = serde_json::from_value(b.eval("window.t2c.window()")).unwrap();
+    assert_eq!(w, vec![-500.0, 1500.0]);
     let canvas3 = b.screenshot(Some("#gl-a"));
     assert_drawn(&canvas3, "in the bone window");
     assert_ne!(canvas2, canvas3, "switching the window changed nothing");

@@ -50,7 +50,13 @@ pub struct RenderOptions {
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        RenderOptions { mode: RenderMode::Mip, window: Window::BONE, azimuth_deg: 0.0, elevation_deg: 0.0, size_px: 384 }
+        RenderOptions {
+            mode: RenderMode::Mip,
+            window: Window::BONE,
+            azimuth_deg: 0.0,
+            elevation_deg: 0.0,
+            size_px: 384,
+        }
     }
 }
 
@@ -137,7 +143,10 @@ pub fn render(vol: &Volume, opts: &RenderOptions) -> Result<RgbImage> {
     // up = view x right: superior at elevation 0, tilted back when looking down.
     let up = [-az.sin() * el.sin(), -az.cos() * el.sin(), el.cos()];
     let extent = |axis: [f64; 3]| {
-        corners.iter().map(|c| dot(sub(*c, centre), axis)).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+        corners
+            .iter()
+            .map(|c| dot(sub(*c, centre), axis))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
     };
     let (r0, r1) = extent(right);
     let (u0, u1) = extent(up);

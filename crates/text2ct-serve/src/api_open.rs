@@ -43,7 +43,10 @@ pub struct ListEntry {
 
 /// `GET /api/files?dir=REL`: the sub-folders and NIfTI files of a folder under `--data-root`
 /// (hidden entries and symlinks that lead out are left out), sorted, at most [`MAX_LISTING`].
-pub async fn list(State(st): State<SharedState>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn list(
+    State(st): State<SharedState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let root = data_root(&st)?.to_path_buf();
     let dir = if q.dir.is_empty() { root.clone() } else { resolve_under(&root, &q.dir, "dir")? };
     if !dir.is_dir() {
@@ -51,7 +54,8 @@ pub async fn list(State(st): State<SharedState>, Query(q): Query<ListQuery>) -> 
     }
     let entries = tokio::task::spawn_blocking(move || {
         let mut v = Vec::new();
-        for e in std::fs::read_dir(&dir).map_err(|e| ApiError::internal(format!("listing the folder: {e}")))?.flatten() {
+        for e in std::fs::read_dir(&dir).map_err(|e| ApiError::internal(format!("listing the folder: {e}")))?.flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
@@ -145,7 +149,8 @@ fn convert(path: &Path, is_dir: bool, series: Option<&str>, rel: &str, vid: &str
     std::fs::create_dir_all(dir).map_err(|e| ApiError::internal(format!("creating the cache: {e}")))?;
     // Integral values within int16 (CT in HU) stay int16; anything else is kept as float32.
     let integral = vol.data().iter().all(|&x| x.is_finite() && x.fract() == 0.0 && (-32768.0..=32767.0).contains(&x));
-    let mut wo = WriteOptions::ct_hu().with_descrip(format!("text2ct serve: {}", rel.chars().take(50).collect::<String>()));
+    let mut wo =
+        WriteOptions::ct_hu().with_descrip(format!("text2ct serve: {}", rel.chars().take(50).collect::<String>()));
     if !integral {
         wo.dtype = DType::F32;
     }

@@ -60,7 +60,8 @@ pub fn list_volumes(out: &Path) -> Result<Vec<VolumeEntry>, ApiError> {
         if std::fs::metadata(&json).map_or(true, |m| m.len() > 1 << 20) {
             continue;
         }
-        let Ok(sc) = std::fs::read(&json).map_err(|_| ()).and_then(|b| serde_json::from_slice::<Sidecar>(&b).map_err(|_| ()))
+        let Ok(sc) =
+            std::fs::read(&json).map_err(|_| ()).and_then(|b| serde_json::from_slice::<Sidecar>(&b).map_err(|_| ()))
         else {
             continue;
         };
@@ -102,10 +103,7 @@ async fn stream_file(path: &Path, content_type: &str, download_name: Option<&str
     let f = tokio::fs::File::open(path).await.map_err(|_| ApiError::not_found("the file is gone"))?;
     let len = f.metadata().await.map_err(|e| ApiError::internal(e.to_string()))?.len();
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024));
-    let mut r = (
-        [(header::CONTENT_TYPE, content_type.to_string()), (header::CONTENT_LENGTH, len.to_string())],
-        body,
-    )
+    let mut r = ([(header::CONTENT_TYPE, content_type.to_string()), (header::CONTENT_LENGTH, len.to_string())], body)
         .into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
     if let Some(n) = download_name {
@@ -138,7 +136,9 @@ pub async fn volume_file(
 ) -> Result<Response, ApiError> {
     let dir = volume_dir(&st, &vid)?;
     match what.as_str() {
-        "volume.nii.gz" => stream_file(&file_in(&dir, &format!("{vid}.nii.gz"))?, "application/octet-stream", None).await,
+        "volume.nii.gz" => {
+            stream_file(&file_in(&dir, &format!("{vid}.nii.gz"))?, "application/octet-stream", None).await
+        }
         "preview.png" => stream_file(&file_in(&dir, &format!("{vid}.png"))?, "image/png", None).await,
         "sidecar.json" => stream_file(&file_in(&dir, &format!("{vid}.json"))?, "application/json", None).await,
         "dicom.zip" => {
@@ -269,7 +269,8 @@ async fn render_png(st: &SharedState, dir: &Path, vid: &str, q: RenderQuery) -> 
         let err = |e: &dyn std::fmt::Display| ApiError::internal(format!("{vid2}: rendering: {e}"));
         let (vol, _) = text2ct_io::nifti_io::read_nifti(&nii, &text2ct_io::Limits::default()).map_err(|e| err(&e))?;
         let opts = RenderOptions { mode: q.mode, size_px: 256, ..Default::default() };
-        let img = if q.angles == 1 { render(&vol, &opts) } else { turntable(&vol, &opts, q.angles) }.map_err(|e| err(&e))?;
+        let img =
+            if q.angles == 1 { render(&vol, &opts) } else { turntable(&vol, &opts, q.angles) }.map_err(|e| err(&e))?;
         text2ct_io::preview::save_png_rgb(&img, &png2).map_err(|e| err(&e))
     })
     .await

@@ -38,24 +38,18 @@ pub struct ServeConfig {
 impl ServeConfig {
     /// Defaults of the command line: 127.0.0.1:8080, output `out/serve`, a queue of 8.
     pub fn new(out: PathBuf) -> ServeConfig {
-        ServeConfig {
-            model: None,
-            host: "127.0.0.1".into(),
-            port: 8080,
-            data_root: None,
-            out,
-            token: None,
-            queue: 8,
-        }
+        ServeConfig { model: None, host: "127.0.0.1".into(), port: 8080, data_root: None, out, token: None, queue: 8 }
     }
 
     /// The address to listen on, refusing a non-loopback one without a token and an empty token.
     pub fn socket_addr(&self) -> Result<SocketAddr, String> {
         let ip: IpAddr = match self.host.as_str() {
             "localhost" => IpAddr::from([127, 0, 0, 1]),
-            h => h.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| {
-                format!("--host {h:?} is not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)")
-            })?,
+            h => h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| format!("--host {h:?} is not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)"))?,
         };
         if let Some(t) = &self.token {
             if t.trim().is_empty() {

@@ -25,7 +25,9 @@ pub fn resolve_under(root: &Path, rel: &str, what: &str) -> Result<PathBuf, ApiE
         match c {
             Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir => {
-                return Err(ApiError::forbidden(format!("{what}: `..` is not allowed (paths are relative to the root)")))
+                return Err(ApiError::forbidden(format!(
+                    "{what}: `..` is not allowed (paths are relative to the root)"
+                )))
             }
             Component::RootDir | Component::Prefix(_) => {
                 return Err(ApiError::forbidden(format!(

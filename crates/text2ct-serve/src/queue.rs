@@ -118,7 +118,12 @@ pub struct Queue {
 impl Queue {
     /// Load the model on the generation thread (errors come back here, before anything listens)
     /// and start taking jobs; `capacity` jobs may wait behind the running one.
-    pub fn start(model: &Path, device: Device, out: PathBuf, capacity: usize) -> Result<(Arc<Queue>, ModelInfo), String> {
+    pub fn start(
+        model: &Path,
+        device: Device,
+        out: PathBuf,
+        capacity: usize,
+    ) -> Result<(Arc<Queue>, ModelInfo), String> {
         let (tx, rx) = sync_channel::<Work>(capacity);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<ModelInfo, String>>();
         let model = model.to_path_buf();
@@ -177,7 +182,10 @@ impl Queue {
         let entry = Arc::new(JobEntry {
             id: id.clone(),
             stem: format!("{}-{id}", self.run_tag),
-            request, cancel: CancelFlag::new(), status: watch::Sender::new(status) });
+            request,
+            cancel: CancelFlag::new(),
+            status: watch::Sender::new(status),
+        });
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         match self.tx.try_send(Work::Job(entry.clone())) {
             Ok(()) => {}

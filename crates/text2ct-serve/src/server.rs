@@ -57,15 +57,7 @@ pub async fn bind(config: ServeConfig, device: Device) -> Result<Server, String>
             return Err(format!("listening on {addr}: {e}"));
         }
     };
-    let state = Arc::new(AppState {
-        config,
-        out,
-        cache,
-        data_root,
-        queue,
-        model,
-        heavy: tokio::sync::Mutex::new(()),
-    });
+    let state = Arc::new(AppState { config, out, cache, data_root, queue, model, heavy: tokio::sync::Mutex::new(()) });
     Ok(Server { state, listener })
 }
 

@@ -13,7 +13,8 @@ use text2ct_io::{Affine, Limits, Volume};
 
 fn phantom() -> Volume {
     let a = Affine::from_spacing_origin([2.0, 2.0, 4.0], [0.0; 3]).unwrap();
-    Volume::from_fn([24, 20, 12], a, |x, y, z| if (x + y + z) % 7 == 0 { 300.0 } else { -800.0 + x as f32 * 10.0 }).unwrap()
+    Volume::from_fn([24, 20, 12], a, |x, y, z| if (x + y + z) % 7 == 0 { 300.0 } else { -800.0 + x as f32 * 10.0 })
+        .unwrap()
 }
 
 #[test]
@@ -52,7 +53,11 @@ fn generate_view_download_open_and_refuse() {
     assert_eq!(info["defaults"]["size"], json!([64, 64, 32]));
 
     // Generate with progress over server-sent events.
-    let r = post_json(a, "/api/generate", &json!({"prompt": "Findings: Right pleural effusion. Impression: effusion.", "steps": 3, "seed": 7}));
+    let r = post_json(
+        a,
+        "/api/generate",
+        &json!({"prompt": "Findings: Right pleural effusion. Impression: effusion.", "steps": 3, "seed": 7}),
+    );
     assert_eq!(r.status, 202, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_string();
     let ev = get(a, &format!("/api/jobs/{id}/events"));
@@ -106,7 +111,11 @@ fn generate_view_download_open_and_refuse() {
     let t0 = Instant::now();
     let handles: Vec<_> = (0..50)
         .map(|i| {
-            let path = if i % 5 == 0 { format!("/api/volumes/{vid}/preview.png") } else { format!("/api/volumes/{vid}.nii.gz") };
+            let path = if i % 5 == 0 {
+                format!("/api/volumes/{vid}/preview.png")
+            } else {
+                format!("/api/volumes/{vid}.nii.gz")
+            };
             std::thread::spawn(move || get(a, &path))
         })
         .collect();
@@ -120,7 +129,11 @@ fn generate_view_download_open_and_refuse() {
         }
     }
     assert!(t0.elapsed() < Duration::from_secs(30), "downloads took {:?}", t0.elapsed());
-    assert_eq!(state(&get(a, &format!("/api/jobs/{long_id}")).json()), "running", "the job ran on beside the downloads");
+    assert_eq!(
+        state(&get(a, &format!("/api/jobs/{long_id}")).json()),
+        "running",
+        "the job ran on beside the downloads"
+    );
     let c = request(a, "DELETE", &format!("/api/jobs/{long_id}"), &[], None);
     assert_eq!(c.status, 200, "{}", c.text());
     let s = wait_job(a, &long_id, 30, |s| state(s) == "cancelled");
@@ -130,9 +143,15 @@ fn generate_view_download_open_and_refuse() {
     assert!(again.json()["error"].as_str().unwrap().contains("already finished"));
     let stem = s["volumes"].as_array().unwrap().len();
     assert_eq!(stem, 0);
-    let files: Vec<String> =
-        std::fs::read_dir(out.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    assert!(!files.iter().any(|f| f.contains(&format!("-{long_id}_seed"))), "a cancelled job writes nothing: {files:?}");
+    let files: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !files.iter().any(|f| f.contains(&format!("-{long_id}_seed"))),
+        "a cancelled job writes nothing: {files:?}"
+    );
 
     // Opening CTs under the data root: a NIfTI file and a DICOM folder, with the listing.
     let ls = get(a, "/api/files").json();
@@ -229,7 +248,8 @@ fn queue_full_cancel_and_shutdown() {
     let a = srv.addr;
     // Opening is off without --data-root.
     assert_eq!(post_json(a, "/api/open", &json!({"path": "x.nii"})).status, 403);
-    let long = |seed: u64| post_json(a, "/api/generate", &json!({"prompt": "Findings: normal.", "steps": 1000, "seed": seed}));
+    let long =
+        |seed: u64| post_json(a, "/api/generate", &json!({"prompt": "Findings: normal.", "steps": 1000, "seed": seed}));
     let j1 = long(1);
     assert_eq!(j1.status, 202);
     let id1 = j1.json()["id"].as_str().unwrap().to_string();

@@ -77,7 +77,9 @@ impl Browser {
         let port_file = profile.join("DevToolsActivePort");
         let t0 = Instant::now();
         let port: u16 = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.lines().next()?.trim().parse().ok()) {
+            if let Some(p) =
+                std::fs::read_to_string(&port_file).ok().and_then(|s| s.lines().next()?.trim().parse().ok())
+            {
                 break p;
             }
             assert!(t0.elapsed() < Duration::from_secs(60), "Chromium did not open its debugging port");
@@ -226,7 +228,11 @@ fn drawn(png: &[u8]) -> (f64, usize) {
 
 fn assert_drawn(png: &[u8], what: &str) {
     let (lit, levels) = drawn(png);
-    assert!(lit > 0.03 && levels > 20, "{what}: the canvas looks blank ({:.1}% lit, {levels} gray levels)", lit * 100.0);
+    assert!(
+        lit > 0.03 && levels > 20,
+        "{what}: the canvas looks blank ({:.1}% lit, {levels} gray levels)",
+        lit * 100.0
+    );
 }
 
 /// Save a screenshot, scaled down to at most 1000 px wide.
@@ -242,7 +248,10 @@ fn save(png: &[u8], dir: &Path, name: &str) {
 fn page_in_headless_chromium() {
     let required = std::env::var("TEXT2CT_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
     let Some(bin) = find_chromium() else {
-        assert!(!required, "TEXT2CT_REQUIRE_BROWSER=1 but no Chromium found (install `chromium` or set TEXT2CT_CHROMIUM)");
+        assert!(
+            !required,
+            "TEXT2CT_REQUIRE_BROWSER=1 but no Chromium found (install `chromium` or set TEXT2CT_CHROMIUM)"
+        );
         println!("SKIPPED: no Chromium found (install Debian's `chromium` or set TEXT2CT_CHROMIUM) — the browser test did not run");
         return;
     };
@@ -250,7 +259,8 @@ fn page_in_headless_chromium() {
     let data = tempfile::tempdir().unwrap();
     let profile = tempfile::tempdir().unwrap();
     let shots_tmp = tempfile::tempdir().unwrap();
-    let shots = std::env::var_os("TEXT2CT_SERVE_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|| shots_tmp.path().into());
+    let shots =
+        std::env::var_os("TEXT2CT_SERVE_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|| shots_tmp.path().into());
     std::fs::create_dir_all(&shots).unwrap();
     // A CT to open from --data-root: a phantom from text2ct-phantom's ellipsoid-free stand-in (a
     // body outline with lungs and a spine), so the opened view has structure.
@@ -280,7 +290,11 @@ fn page_in_headless_chromium() {
     b.call("Page.enable", json!({}));
     b.call("Page.navigate", json!({"url": format!("http://{}/", srv.addr)}));
     b.wait_for("!!(window.t2c && window.t2c.ready)", 60);
-    assert_eq!(b.eval("!!document.createElement('canvas').getContext('webgl2')"), json!(true), "WebGL2 (SwiftShader) is available");
+    assert_eq!(
+        b.eval("!!document.createElement('canvas').getContext('webgl2')"),
+        json!(true),
+        "WebGL2 (SwiftShader) is available"
+    );
 
     // Generate from a prompt and wait for the viewer.
     b.eval(
@@ -317,7 +331,9 @@ fn page_in_headless_chromium() {
 
     // Open a CT from --data-root.
     b.wait_for("document.getElementById('browser').textContent.includes('chest.nii.gz')", 30);
-    b.eval("document.getElementById('open-path').value = 'chest.nii.gz'; document.getElementById('open-go').click(); true");
+    b.eval(
+        "document.getElementById('open-path').value = 'chest.nii.gz'; document.getElementById('open-go').click(); true",
+    );
     b.wait_for("(window.t2c.loaded.a || '').startsWith('open-')", 60);
     b.settle(1500);
     assert_drawn(&b.screenshot(Some("#gl-a")), "the opened CT");

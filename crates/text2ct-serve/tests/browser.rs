@@ -179,7 +179,7 @@ impl Browser {
 
     /// A PNG screenshot of the page, or of one element.
     fn screenshot(&mut self, selector: Option<&str>) -> Vec<u8> {
-        let mut params = json!({"format": "png"});
+        let mut params = json!({"format": "png", "captureBeyondViewport": false});
         if let Some(sel) = selector {
             let r = self.eval(&format!(
                 "(() => {{ const r = document.querySelector('{sel}').getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()"
@@ -228,11 +228,15 @@ fn drawn(png: &[u8]) -> (f64, usize) {
 
 fn assert_drawn(png: &[u8], what: &str) {
     let (lit, levels) = drawn(png);
-    assert!(
-        lit > 0.03 && levels > 20,
-        "{what}: the canvas looks blank ({:.1}% lit, {levels} gray levels)",
-        lit * 100.0
-    );
+    if !(lit > 0.03 && levels > 20) {
+        let p = std::env::temp_dir().join(format!("text2ct-browser-{}.png", what.replace(' ', "_")));
+        let _ = std::fs::write(&p, png);
+        panic!(
+            "{what}: the canvas looks blank ({:.1}% lit, {levels} gray levels); screenshot {}",
+            lit * 100.0,
+            p.display()
+        );
+    }
 }
 
 /// Save a screenshot, scaled down to at most 1000 px wide.
@@ -311,7 +315,7 @@ fn page_in_headless_chromium() {
     save(&b.screenshot(None), &shots, "generate.png");
 
     // Move the axial slider: the crosshair follows and the picture changes.
-    b.eval("const s = document.getElementById('sz'); s.value = '250'; s.dispatchEvent(new Event('input')); true");
+    b.eval("{ const s = document.getElementById('sz'); s.value = '250'; s.dispatchEvent(new Event('input')); } true");
     b.settle(800);
     let z = b.eval("window.t2c.crosshair()[2]").as_f64().unwrap();
     assert!((z - 0.25).abs() < 0.01, "crosshair z {z}");
@@ -344,7 +348,7 @@ fn page_in_headless_chromium() {
     b.wait_for("window.t2c.loaded.b !== null", 60);
     b.settle(1500);
     assert_drawn(&b.screenshot(Some("#gl-b")), "viewer B");
-    b.eval("const s = document.getElementById('sy'); s.value = '600'; s.dispatchEvent(new Event('input')); true");
+    b.eval("{ const s = document.getElementById('sy'); s.value = '600'; s.dispatchEvent(new Event('input')); } true");
     b.settle(800);
     save(&b.screenshot(None), &shots, "compare.png");
 

@@ -289,7 +289,8 @@ mod tests {
     fn mip_shows_the_ball_on_the_patients_left_from_the_front() {
         let v = scene();
         let img = render(&v, &RenderOptions { size_px: 80, ..Default::default() }).unwrap();
-        assert_eq!((img.width(), img.height()), (80, 80));
+        // 78 mm wide (40 voxel centres at 2 mm), 76 mm high (20 at 4 mm): square pixels.
+        assert_eq!((img.width(), img.height()), (80, 78));
         // From the front, patient's left (+x) is on the image's right: the ball at x=30 of 40.
         let (w, h) = (img.width(), img.height());
         let right = lum(&img, w * 3 / 4, h / 2);

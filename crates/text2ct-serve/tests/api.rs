@@ -103,6 +103,19 @@ fn generate_view_download_open_and_refuse() {
     assert!(ar.file_names().all(|n| n.is_ok_and(|n| n.starts_with(&format!("{vid}_dicom/")) && n.ends_with(".dcm"))));
     assert_eq!(get(a, &format!("/api/volumes/{vid}/dicom.zip")).body, zip.body, "cached zip");
 
+    // 3D renderings (MIP, volume rendering) of the volume, as `text2ct render` draws them.
+    let mip = get(a, &format!("/api/volumes/{vid}/render.png?mode=mip&angles=2"));
+    assert_eq!((mip.status, mip.header("content-type")), (200, Some("image/png")), "{}", mip.text());
+    let img = image::load_from_memory(&mip.body).unwrap();
+    assert!(img.width() > 2 * img.height() - 8, "two views side by side: {}x{}", img.width(), img.height());
+    let dvr = get(a, &format!("/api/volumes/{vid}/render.png?mode=dvr"));
+    assert_eq!(dvr.status, 200);
+    assert_ne!(dvr.body, mip.body);
+    for q in ["mode=surface", "angles=0", "angles=99", "angles=x"] {
+        let r = get(a, &format!("/api/volumes/{vid}/render.png?{q}"));
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+    }
+
     // 50 clients fetch the volume while a long job runs: all answered, all the same bytes.
     let long = post_json(a, "/api/generate", &json!({"prompt": "Findings: normal.", "steps": 1000}));
     assert_eq!(long.status, 202);

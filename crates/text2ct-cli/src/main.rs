@@ -35,11 +35,18 @@ enum Command {
     Prepare(cmd::prepare::PrepareCommand),
     /// Draw axial, coronal and sagittal mid-slices of a volume side by side into a PNG.
     Preview(cmd::preview::PreviewArgs),
+    /// A 3D rendering of a volume as a PNG: maximum-intensity projection or volume rendering
+    /// (CT transfer function), one view or a turntable of N views.
+    Render(cmd::render::RenderArgs),
     /// Print a volume's header, geometry, orientation and HU statistics.
     Inspect(cmd::inspect::InspectArgs),
     /// Model cards: write one for Text2CT's released weights, or check a model folder.
     #[command(subcommand)]
     Model(cmd::model::ModelCommand),
+    /// A local web app: generate from a prompt box with live progress, view volumes in three
+    /// planes and 3D (NiiVue), compare two side by side, download NIfTI / DICOM / PNG, open your
+    /// own CTs from --data-root; a JSON API for scripts (docs/serve.md).
+    Serve(cmd::serve::ServeArgs),
     /// Print a sampler's timesteps and step sizes as JSON (rflow as released, ddpm, ddim).
     Schedule(cmd::schedule::ScheduleArgs),
     /// The MAISI 3D VAE: encode volumes to latents, decode latents to volumes, convert weights.
@@ -79,7 +86,9 @@ fn main() {
         Command::Prepare(a) => cmd::prepare::run(a),
         Command::Preview(a) => cmd::preview::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Render(a) => cmd::render::run(a),
         Command::Schedule(a) => cmd::schedule::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Model(a) => cmd::model::run(a),
         Command::Vae(a) => cmd::vae::run(a),
         Command::Clip(a) => cmd::clip::run(a),

@@ -10,6 +10,9 @@ pub enum GenerateError {
     Invalid(String),
     #[error(transparent)]
     Io(#[from] text2ct_io::IoError),
+    /// The job's [`crate::pipeline::CancelFlag`] was set (between sampling steps or before decoding).
+    #[error("cancelled")]
+    Cancelled,
     #[error("sampling: {0}")]
     Sampling(#[from] text2ct_diffusion::DiffusionError),
 }

@@ -18,6 +18,8 @@
 //! changes with the seed even when the initial noise is given.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use text2ct_diffusion::{sample_guided, Branches, NoiseStream, Sampler, Scheduler};
@@ -52,6 +54,38 @@ pub struct SampleOptions {
     /// A negative prompt: guidance steers away from it (`v = v_n + w (v_c − v_n)`, `v_n` at the
     /// negative prompt's context) instead of from the zero context. `None`: the release's rule.
     pub negative_prompt: Option<String>,
+    /// Stops the job between sampling steps (and before decoding) once set from another thread:
+    /// the generation returns [`GenerateError::Cancelled`] and writes nothing (`text2ct serve`'s
+    /// cancel and Ctrl-C). Never set by default.
+    pub cancel: CancelFlag,
+}
+
+/// A flag another thread sets to stop a generation at the next sampling step
+/// ([`SampleOptions::cancel`]). Clones share the flag.
+#[derive(Clone, Debug, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn new() -> CancelFlag {
+        CancelFlag::default()
+    }
+
+    /// Ask the generation to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            return Err(GenerateError::Cancelled);
+        }
+        Ok(())
+    }
 }
 
 impl SampleOptions {
@@ -305,6 +339,7 @@ impl Pipeline {
             decode_window: self.card.decode.window,
             decode_splits: 1,
             negative_prompt: None,
+            cancel: CancelFlag::default(),
         }
     }
 
@@ -453,7 +488,10 @@ impl Pipeline {
             x,
             opts.guidance,
             &mut rng,
-            |xb, t, branches| self.unet_branches(xb, t, branches, ctx, &uncond),
+            |xb, t, branches| {
+                opts.cancel.check()?;
+                self.unet_branches(xb, t, branches, ctx, &uncond)
+            },
             progress,
         )
     }
@@ -553,6 +591,7 @@ impl Pipeline {
         let t1 = Instant::now();
         let z = self.sample_with_uncond(x, &ctx, uncond.as_ref(), opts, seed, progress)?;
         let t_sample = t1.elapsed().as_secs_f64();
+        opts.cancel.check()?;
         let t2 = Instant::now();
         let vol = self.decode_with(z, opts.size, opts.decode_window, opts.decode_splits)?;
         let t_decode = t2.elapsed().as_secs_f64();

@@ -10,6 +10,7 @@ pub mod memory;
 pub mod nifti_io;
 pub mod npy;
 pub mod preview;
+pub mod render;
 pub mod transform;
 pub mod volume;
 

@@ -41,7 +41,7 @@ impl Window {
         }
     }
 
-    fn map(&self, hu: f32) -> u8 {
+    pub(crate) fn map(&self, hu: f32) -> u8 {
         let lo = self.level - self.width / 2.0;
         (((hu - lo) / self.width).clamp(0.0, 1.0) * 255.0).round() as u8
     }
@@ -140,8 +140,17 @@ pub fn stack_horizontal(images: &[GrayImage], gap: u32) -> GrayImage {
 
 /// Save a PNG atomically.
 pub fn save_png(img: &GrayImage, path: &Path) -> Result<()> {
+    save_with(path, |tmp| img.save_with_format(tmp, image::ImageFormat::Png))
+}
+
+/// [`save_png`] for a colour image (the 3D renderings of [`crate::render`]).
+pub fn save_png_rgb(img: &image::RgbImage, path: &Path) -> Result<()> {
+    save_with(path, |tmp| img.save_with_format(tmp, image::ImageFormat::Png))
+}
+
+fn save_with(path: &Path, save: impl FnOnce(&Path) -> image::ImageResult<()>) -> Result<()> {
     atomic_write(path, |tmp| {
-        img.save_with_format(tmp, image::ImageFormat::Png).map_err(|e| match e {
+        save(tmp).map_err(|e| match e {
             image::ImageError::IoError(e) => IoError::os(path, e),
             e => IoError::format(path, format!("writing PNG failed: {e}")),
         })

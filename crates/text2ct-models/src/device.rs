@@ -5,7 +5,9 @@
 //!   on Windows; a high-power GPU first, `CUBECL_WGPU_DEFAULT_DEVICE` overrides), `wgpu:N`: the
 //!   N-th discrete GPU. Only in builds with the cargo feature
 //!   `wgpu` (`cargo build --release --features wgpu`): it adds about 20 minutes to a clean
-//!   build, so the default build and CI leave it out.
+//!   build, so the default build and CI leave it out. With the feature `vulkan` instead, the same
+//!   device names run cubecl's SPIR-V kernels on Vulkan (cooperative-matrix products where the
+//!   driver has them) rather than WGSL.
 //!
 //! Unknown names and GPU names in a CPU-only build are errors that say how to get the device,
 //! never a silent fall-back to the CPU.
@@ -19,7 +21,9 @@ use burn::tensor::{Device, Tensor};
 
 /// The device names this build accepts, for help texts and error messages.
 pub fn available() -> &'static str {
-    if cfg!(feature = "wgpu") {
+    if cfg!(feature = "vulkan") {
+        "cpu, wgpu, wgpu:N (Vulkan, SPIR-V kernels)"
+    } else if cfg!(feature = "wgpu") {
         "cpu, wgpu, wgpu:N"
     } else {
         "cpu (GPU: rebuild with --features wgpu)"

@@ -25,8 +25,8 @@ use text2ct_generate::pipeline::{DecodeMode, Pipeline};
 use text2ct_generate::{ModelCard, TextEncoderKind};
 use text2ct_models::burn::tensor::{Device, Tensor};
 use text2ct_models::clip_text::{ClipTextConfig, ClipTextEncoder};
-use text2ct_models::resnet2d::RecordingSource;
 use text2ct_models::memory::{self, DecodeShape};
+use text2ct_models::resnet2d::RecordingSource;
 use text2ct_models::speed;
 use text2ct_models::unet::UnetNet;
 use text2ct_models::vae::VaeNet;
@@ -837,7 +837,8 @@ mod tests {
 
     #[test]
     fn options_are_checked() {
-        let o = BenchOptions { repeats: 0, threads: None, model: None, device: Device::flex(), precision: Precision::F32 };
+        let o =
+            BenchOptions { repeats: 0, threads: None, model: None, device: Device::flex(), precision: Precision::F32 };
         assert!(bench_unet(&o, [4, 8, 8, 8], 1).unwrap_err().to_string().contains("--repeats"));
         let o = BenchOptions { repeats: 1, threads: Some(0), ..o };
         assert!(bench_unet(&o, [4, 8, 8, 8], 1).unwrap_err().to_string().contains("--threads"));
@@ -862,7 +863,13 @@ mod tests {
         let d = std::env::temp_dir().join(format!("text2ct-bench-random-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         write_random_model(&d, &card, 3).unwrap();
-        let o = BenchOptions { repeats: 2, threads: Some(1), model: Some(d.clone()), device: Device::flex(), precision: Precision::F32 };
+        let o = BenchOptions {
+            repeats: 2,
+            threads: Some(1),
+            model: Some(d.clone()),
+            device: Device::flex(),
+            precision: Precision::F32,
+        };
         let g = GenerateBench { size: Some([16, 16, 16]), steps: Some(2), ..Default::default() };
         let r = bench_generate(&o, &g).unwrap();
         assert_eq!((r.steps, r.latent, r.threads), (2, [4, 4, 4], 1));

@@ -563,7 +563,8 @@ mod tests {
     use super::*;
 
     fn config(guidance: &str) -> SweepConfig {
-        toml::from_str(&format!("model = \"m\"\nreports = \"r.csv\"\nreal = \"real\"\nguidance = {guidance}\n")).unwrap()
+        toml::from_str(&format!("model = \"m\"\nreports = \"r.csv\"\nreal = \"real\"\nguidance = {guidance}\n"))
+            .unwrap()
     }
 
     /// Every scale is checked before any is generated: one beyond the generation limit fails the

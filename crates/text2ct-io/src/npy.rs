@@ -516,8 +516,11 @@ mod tests {
         assert_eq!(read_npy_i64(&p, &lim).unwrap(), (vec![1], vec![1]));
         // Fortran-ordered int64 (2 x 3): element (i, j) at i + 2 * j.
         let p = d.join("f.npy");
-        std::fs::write(&p, encode_raw("<i8", true, "(2, 3)", &bytes_of([0i64, 1, 10, 11, 20, 21].map(i64::to_le_bytes))))
-            .unwrap();
+        std::fs::write(
+            &p,
+            encode_raw("<i8", true, "(2, 3)", &bytes_of([0i64, 1, 10, 11, 20, 21].map(i64::to_le_bytes))),
+        )
+        .unwrap();
         assert_eq!(read_npy_i64(&p, &lim).unwrap().1, [0, 10, 20, 1, 11, 21]);
         assert_eq!(read_npy(&p, &lim).unwrap().data, [0.0, 10.0, 20.0, 1.0, 11.0, 21.0]);
         std::fs::remove_dir_all(&d).ok();

@@ -23,8 +23,8 @@ use std::time::Instant;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use text2ct_models::attention::SpatialTransformer;
-use text2ct_models::speed::{self, sync};
 use text2ct_models::directconv::{best_isa, pack_weight, Kernel};
+use text2ct_models::speed::{self, sync};
 use text2ct_models::unet::UnetResBlock;
 use text2ct_models::{Precision, Unet, UnetConfig};
 

@@ -276,9 +276,8 @@ mod tests {
         let dev = Device::flex();
         // Sizes off the tiles (N, M not multiples of QB, KT), several heads and batch items,
         // and a key tile of one.
-        for (i, &(b, n, m, heads, d)) in [(2, 300, 517, 3, 8), (1, 129, 257, 2, 32), (1, 4100, 1, 1, 16), (1, 64, 64, 4, 4)]
-            .iter()
-            .enumerate()
+        for (i, &(b, n, m, heads, d)) in
+            [(2, 300, 517, 3, 8), (1, 129, 257, 2, 32), (1, 4100, 1, 1, 16), (1, 64, 64, 4, 4)].iter().enumerate()
         {
             let t = |len, ch, s| Tensor::<3>::from_data(TensorData::new(pattern(b * len * ch, s), [b, len, ch]), &dev);
             let (q, k, v) = (t(n, heads * d, i), t(m, heads * d, i + 10), t(m, heads * d, i + 20));
@@ -321,7 +320,8 @@ mod tests {
     #[test]
     fn short_sequences_and_odd_shapes_are_left_to_burn() {
         let dev = Device::flex();
-        let t = |len: usize, ch: usize| Tensor::<3>::from_data(TensorData::new(pattern(len * ch, 1), [1, len, ch]), &dev);
+        let t =
+            |len: usize, ch: usize| Tensor::<3>::from_data(TensorData::new(pattern(len * ch, 1), [1, len, ch]), &dev);
         assert!(attention(&t(8, 4), &t(8, 4), &t(8, 4), 1, 0.5).is_none(), "short");
         assert!(attention(&t(100, 6), &t(100, 6), &t(100, 6), 4, 0.5).is_none(), "6 channels, 4 heads");
         assert!(attention(&t(100, 4), &t(100, 4), &t(100, 4), 1, 0.0).is_none(), "scale 0");

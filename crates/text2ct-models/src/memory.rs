@@ -129,9 +129,8 @@ pub fn encoder_activations(vae: &VaeConfig, size: [usize; 3]) -> u64 {
 /// (`text2ct_io::memory::check_fits`); `what` names the work and its size, `hint` says what to do
 /// instead (empty: nothing to add).
 pub fn check_fits(what: &str, bytes: u64, hint: &str) -> Result<()> {
-    text2ct_io::memory::check_fits(what, bytes).map_err(|e| {
-        ModelError::Invalid(if hint.is_empty() { e.to_string() } else { format!("{e}; {hint}") })
-    })
+    text2ct_io::memory::check_fits(what, bytes)
+        .map_err(|e| ModelError::Invalid(if hint.is_empty() { e.to_string() } else { format!("{e}; {hint}") }))
 }
 
 #[cfg(test)]
@@ -174,7 +173,10 @@ mod tests {
         let at = unet_activations(&u, [128, 128, 32], 1).unwrap();
         assert!((1.4e9..2.6e9).contains(&(at as f64)), "{at}");
         assert!(unet_activations(&u, [128, 128, 32], 2).unwrap() > at * 19 / 10);
-        assert_eq!(decoder_activations(&VaeConfig::maisi(), [usize::MAX; 3], DecodeShape::OnePass { splits: 1 }), u64::MAX);
+        assert_eq!(
+            decoder_activations(&VaeConfig::maisi(), [usize::MAX; 3], DecodeShape::OnePass { splits: 1 }),
+            u64::MAX
+        );
     }
 
     #[test]

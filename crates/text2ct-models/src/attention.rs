@@ -93,24 +93,16 @@ impl Attention {
         let [b, n, _] = x.dims();
         let m = kv.dims()[1];
         let (h, d) = (self.num_heads, self.head_dim);
-        if n * m >= crate::fastattn::MIN_SCORES {
-            // Long sequences on the CPU: the tiled kernel on the `[B, N, h·d]` layout as it is.
-            let q = self.to_q.forward(x.clone());
-            let (k, v) = (self.to_k.forward(kv.clone()), self.to_v.forward(kv.clone()));
-            if let Some(o) = crate::fastattn::attention(&q, &k, &v, h, (d as f32).powf(-0.5)) {
-                return match &self.out_proj {
-                    Some(p) => p.forward(o),
-                    None => o,
-                };
-            }
-        }
-        let split = |t: Tensor<3>, len: usize| t.reshape([b, len, h, d]).swap_dims(1, 2);
-        let q = split(self.to_q.forward(x), n);
-        let k = split(self.to_k.forward(kv.clone()), m);
-        let v = split(self.to_v.forward(kv), m);
-        let opts = AttentionModuleOptions { scale: Some((d as f64).powf(-0.5)), softcap: None, is_causal: false };
-        let o = attention(q, k, v, None, None, opts); // [B, h, N, d]
-        let o = o.swap_dims(1, 2).reshape([b, n, h * d]);
+        let q = self.to_q.forward(x);
+        let (k, v) = (self.to_k.forward(kv.clone()), self.to_v.forward(kv));
+        // Long sequences on the CPU: the tiled kernel on the `[B, N, h·d]` layout as it is; else
+        // burn's attention on `[B, h, N, d]`.
+        let o = crate::fastattn::attention(&q, &k, &v, h, (d as f32).powf(-0.5)).unwrap_or_else(|| {
+            let split = |t: Tensor<3>, len: usize| t.reshape([b, len, h, d]).swap_dims(1, 2);
+            let opts = AttentionModuleOptions { scale: Some((d as f64).powf(-0.5)), softcap: None, is_causal: false };
+            let o = attention(split(q, n), split(k, m), split(v, m), None, None, opts); // [B, h, N, d]
+            o.swap_dims(1, 2).reshape([b, n, h * d])
+        });
         match &self.out_proj {
             Some(p) => p.forward(o),
             None => o,
